@@ -1,0 +1,233 @@
+//! The events Auspex reports, as every collection method produces them and
+//! every sink consumes them. Plain data: no kernel, no BPF.
+//!
+//! The JSON form (one object per line) is part of the output contract and is
+//! documented field by field in `docs/events.md`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+/// One observation, stamped with the wall-clock time the kernel saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub time: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A process replaced its image (execve/execveat succeeded).
+    ProcessExec { process: Process },
+    /// A task was created. `process` describes the child.
+    ProcessFork {
+        process: Process,
+        parent: TaskId,
+        /// True for a new thread in the parent's process, false for a new process.
+        thread: bool,
+    },
+    /// The last thread of a process exited.
+    ProcessExit {
+        process: Process,
+        #[serde(flatten)]
+        status: ExitStatus,
+    },
+}
+
+impl EventKind {
+    /// The `type` value of the JSON form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ProcessExec { .. } => "process_exec",
+            EventKind::ProcessFork { .. } => "process_fork",
+            EventKind::ProcessExit { .. } => "process_exit",
+        }
+    }
+
+    pub fn process(&self) -> &Process {
+        match self {
+            EventKind::ProcessExec { process }
+            | EventKind::ProcessFork { process, .. }
+            | EventKind::ProcessExit { process, .. } => process,
+        }
+    }
+}
+
+/// What is known about the process an event is about. Fields a method or an
+/// event type cannot know are absent (`None`), never guessed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Process {
+    /// Process id (thread group id), as seen from the initial pid namespace.
+    pub pid: u32,
+    /// Thread id of the task the event is about.
+    pub tid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// Absolute, resolved path of the executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// Set when the path was longer than the probe reads; `exe` then holds
+    /// its last components only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exe_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Present with `args`: true when the argument vector was cut to the
+    /// probe's bound (the last argument may then be partial).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_truncated: Option<bool>,
+    /// cgroup v2 id: the inode number of the process's cgroup directory.
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TaskId {
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ExitStatus {
+    Exited {
+        exit_code: u8,
+    },
+    Signaled {
+        signal: u8,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// Decodes a wait(2) status word as the kernel keeps it in `exit_code`.
+    pub fn from_wait_status(status: u32) -> Self {
+        let signal = (status & 0x7f) as u8;
+        if signal == 0 {
+            ExitStatus::Exited {
+                exit_code: ((status >> 8) & 0xff) as u8,
+            }
+        } else {
+            ExitStatus::Signaled {
+                signal,
+                core_dumped: status & 0x80 != 0,
+            }
+        }
+    }
+}
+
+fn rfc3339_nanos<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn time() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_764_100_000, 123_456_789).unwrap()
+    }
+
+    fn process() -> Process {
+        Process {
+            pid: 42,
+            tid: 43,
+            ppid: 1,
+            uid: 1000,
+            gid: 100,
+            comm: "sh".into(),
+            cgroup_id: 7,
+            ..Process::default()
+        }
+    }
+
+    #[test]
+    fn exec_serializes_with_type_time_and_process() {
+        let event = Event {
+            time: time(),
+            kind: EventKind::ProcessExec {
+                process: Process {
+                    exe: Some("/usr/bin/dash".into()),
+                    args: Some(vec!["sh".into(), "".into(), "a b".into()]),
+                    args_truncated: Some(false),
+                    ..process()
+                },
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({
+                "type": "process_exec",
+                "time": "2025-11-25T19:46:40.123456789Z",
+                "process": {
+                    "pid": 42, "tid": 43, "ppid": 1, "uid": 1000, "gid": 100,
+                    "comm": "sh", "exe": "/usr/bin/dash", "args": ["sh", "", "a b"],
+                    "args_truncated": false, "cgroup_id": 7
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn fork_and_exit_forms() {
+        let fork = Event {
+            time: time(),
+            kind: EventKind::ProcessFork {
+                process: process(),
+                parent: TaskId { pid: 1, tid: 1 },
+                thread: true,
+            },
+        };
+        let v = serde_json::to_value(&fork).unwrap();
+        assert_eq!(v["type"], "process_fork");
+        assert_eq!(v["parent"], json!({"pid": 1, "tid": 1}));
+        assert_eq!(v["thread"], true);
+        assert!(v["process"].get("exe").is_none());
+
+        let exit = Event {
+            time: time(),
+            kind: EventKind::ProcessExit {
+                process: process(),
+                status: ExitStatus::from_wait_status(7 << 8),
+            },
+        };
+        let v = serde_json::to_value(&exit).unwrap();
+        assert_eq!(v["exit_code"], 7);
+        assert!(v.get("signal").is_none());
+    }
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(
+            ExitStatus::from_wait_status(0),
+            ExitStatus::Exited { exit_code: 0 }
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(255 << 8),
+            ExitStatus::Exited { exit_code: 255 }
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(9),
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(0x80 | 11),
+            ExitStatus::Signaled {
+                signal: 11,
+                core_dumped: true
+            }
+        );
+        let v = serde_json::to_value(ExitStatus::from_wait_status(15)).unwrap();
+        assert_eq!(v, json!({"signal": 15}));
+    }
+}

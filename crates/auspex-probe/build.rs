@@ -1,0 +1,44 @@
+//! Compiles the BPF programs under `bpf/` with clang and generates their
+//! libbpf-rs skeletons, which also carry the Rust twins of the record types
+//! declared in `bpf/events.h`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+use libbpf_cargo::SkeletonBuilder;
+
+const PROBES: &[&str] = &["process"];
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let clang = clang();
+    for probe in PROBES {
+        let src = format!("bpf/{probe}.bpf.c");
+        SkeletonBuilder::new()
+            .source(&src)
+            .clang(&clang)
+            // -g keeps BTF (needed for CO-RE); the target arch picks the
+            // right pt_regs layout in bpf_tracing.h.
+            .clang_args(["-I", "bpf", "-g", "-O2", "-Wall", "-Werror", "-D__TARGET_ARCH_x86"])
+            .build_and_generate(out.join(format!("{probe}.skel.rs")))
+            .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
+        println!("cargo:rerun-if-changed={src}");
+    }
+    for header in ["bpf/events.h", "bpf/output.h", "bpf/vmlinux.h"] {
+        println!("cargo:rerun-if-changed={header}");
+    }
+    println!("cargo:rerun-if-env-changed=CLANG");
+}
+
+/// `$CLANG`, else the newest clang the setup script installs, else `clang`.
+/// clang 19 is what the probes are written and tested against.
+fn clang() -> PathBuf {
+    if let Some(clang) = env::var_os("CLANG") {
+        return clang.into();
+    }
+    let preferred = Path::new("/usr/bin/clang-19");
+    if preferred.exists() {
+        return preferred.to_path_buf();
+    }
+    PathBuf::from("clang")
+}

@@ -1,0 +1,376 @@
+//! Live tests of the core_bpf process probe: each triggers real process
+//! activity and asserts the exact events it must produce. They need root
+//! and a kernel with BTF (CI has both).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use auspex_events::{Event, EventKind, ExitStatus, Process, TaskId};
+use auspex_probe::{ProbeConfig, ProcessProbe, ARGS_MAX};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A loaded probe and every event it delivered so far.
+struct Harness {
+    probe: ProcessProbe,
+    seen: Vec<Event>,
+}
+
+impl Harness {
+    fn start() -> Self {
+        let probe = ProcessProbe::load(&ProbeConfig::default())
+            .unwrap_or_else(|e| panic!("loading the probe failed: {e}"));
+        Harness {
+            probe,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Polls until an event of type `kind` about `pid` (and, if given, thread
+    /// `tid`) has arrived; on timeout, fails showing every event about `pid`.
+    fn wait_for(&mut self, kind: &str, pid: u32, tid: Option<u32>) -> Event {
+        let found = |e: &Event| {
+            let p = e.kind.process();
+            e.kind.name() == kind && p.pid == pid && tid.is_none_or(|t| t == p.tid)
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| found(e)) {
+                return e.clone();
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "no {kind} event for pid {pid} tid {tid:?} within {DEADLINE:?}.\n{}",
+                    self.describe(pid)
+                );
+            }
+            let seen = &mut self.seen;
+            self.probe
+                .poll(Duration::from_millis(100), &mut |e| seen.push(e))
+                .unwrap();
+        }
+    }
+
+    fn describe(&self, pid: u32) -> String {
+        let related: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|e| e.kind.process().pid == pid || e.kind.process().ppid == pid)
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        format!(
+            "{} events seen in all; those about pid {pid} or its children:\n  {}",
+            self.seen.len(),
+            if related.is_empty() {
+                "(none)".to_string()
+            } else {
+                related.join("\n  ")
+            }
+        )
+    }
+}
+
+/// Compares an event's process with what it must be, naming every field that
+/// differs.
+#[track_caller]
+fn assert_process(actual: &Process, expected: &Process, context: &str) {
+    let mut diffs = Vec::new();
+    macro_rules! check {
+        ($($field:ident),*) => {$(
+            if actual.$field != expected.$field {
+                diffs.push(format!(
+                    "  {}: found {:?}, expected {:?}",
+                    stringify!($field), actual.$field, expected.$field
+                ));
+            }
+        )*};
+    }
+    check!(pid, tid, ppid, uid, gid, comm, exe, exe_truncated, args, args_truncated, cgroup_id);
+    assert!(
+        diffs.is_empty(),
+        "{context}: fields differ:\n{}\nevent process: {actual:#?}",
+        diffs.join("\n")
+    );
+}
+
+fn own_ids() -> (u32, u32) {
+    (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+}
+
+/// The cgroup v2 id of this process: the inode of its cgroup directory in
+/// the cgroup2 hierarchy, wherever that is mounted.
+fn own_cgroup_id() -> u64 {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 entry in /proc/self/cgroup");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).unwrap().to_string())
+        })
+        .expect("cgroup2 is mounted");
+    let dir = PathBuf::from(mount).join(path.trim_start_matches('/'));
+    std::fs::metadata(&dir).unwrap().ino()
+}
+
+fn base_process(child: &Child, comm: &str) -> Process {
+    let (uid, gid) = own_ids();
+    Process {
+        pid: child.id(),
+        tid: child.id(),
+        ppid: std::process::id(),
+        uid,
+        gid,
+        comm: comm.into(),
+        cgroup_id: own_cgroup_id(),
+        ..Process::default()
+    }
+}
+
+fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn exec_fork_exit_with_unusual_arguments() {
+    let mut h = Harness::start();
+    let args = ["-c", "exit 7", "name", "", "with space", "héllo wörld ✓"];
+    let mut child = Command::new("/bin/sh").args(args).spawn().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    let pid = child.id();
+
+    let fork = h.wait_for("process_fork", pid, None);
+    let EventKind::ProcessFork {
+        process,
+        parent,
+        thread,
+    } = &fork.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(*parent, TaskId {
+        pid: std::process::id(),
+        tid: parent.tid
+    });
+    assert_eq!(*thread, false, "{fork:?}");
+    assert_eq!((process.pid, process.tid, process.ppid), (pid, pid, std::process::id()));
+
+    let exec = h.wait_for("process_exec", pid, None);
+    let mut expected_args = vec!["/bin/sh".to_string()];
+    expected_args.extend(args.iter().map(|a| a.to_string()));
+    assert_process(
+        exec.kind.process(),
+        &Process {
+            exe: Some(canonical("/bin/sh")),
+            args: Some(expected_args),
+            args_truncated: Some(false),
+            ..base_process(&child, "sh")
+        },
+        "exec",
+    );
+
+    let exit = h.wait_for("process_exit", pid, None);
+    let EventKind::ProcessExit { status, process } = &exit.kind else {
+        unreachable!()
+    };
+    assert_eq!(*status, ExitStatus::Exited { exit_code: 7 });
+    assert_process(process, &base_process(&child, "sh"), "exit");
+    assert!(fork.time <= exec.time && exec.time <= exit.time);
+    let now = chrono::Utc::now();
+    assert!(
+        (now - exit.time).num_seconds().abs() < 5,
+        "event time {} is not near now {now}",
+        exit.time
+    );
+}
+
+#[test]
+fn long_argument_vector_is_truncated_and_flagged() {
+    let mut h = Harness::start();
+    let args: Vec<String> = (0..600).map(|i| format!("argument-{i:04}")).collect();
+    let mut child = Command::new("/bin/true").args(&args).spawn().unwrap();
+    child.wait().unwrap();
+
+    // What the probe must have copied: argv as NUL-terminated strings,
+    // cut at ARGS_MAX bytes.
+    let mut argv = vec!["/bin/true".to_string()];
+    argv.extend(args);
+    let mut bytes: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    assert!(bytes.len() > ARGS_MAX);
+    bytes.truncate(ARGS_MAX);
+    let expected: Vec<String> = bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8(a.to_vec()).unwrap())
+        .collect();
+
+    let exec = h.wait_for("process_exec", child.id(), None);
+    assert_process(
+        exec.kind.process(),
+        &Process {
+            exe: Some(canonical("/bin/true")),
+            args: Some(expected),
+            args_truncated: Some(true),
+            ..base_process(&child, "true")
+        },
+        "exec",
+    );
+}
+
+#[test]
+fn relative_path_and_other_mount_resolve_to_the_absolute_exe() {
+    let mut h = Harness::start();
+    // A relative filename: the probe must resolve it, not echo "./true".
+    let mut child = Command::new("./true").current_dir("/usr/bin").spawn().unwrap();
+    child.wait().unwrap();
+    let exec = h.wait_for("process_exec", child.id(), None);
+    assert_eq!(exec.kind.process().exe, Some(canonical("/usr/bin/true")));
+
+    // A binary on another mount (tmpfs): the walk must cross the mount point.
+    let dir = tempfile::Builder::new()
+        .prefix("auspex-exe-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let copy = dir.path().join("copied true");
+    std::fs::copy("/bin/true", &copy).unwrap();
+    let mut child = Command::new(&copy).spawn().unwrap();
+    child.wait().unwrap();
+    let exec = h.wait_for("process_exec", child.id(), None);
+    assert_eq!(
+        exec.kind.process().exe.as_deref(),
+        Some(copy.to_str().unwrap()),
+        "{}",
+        h.describe(child.id())
+    );
+}
+
+#[test]
+fn killed_process_reports_the_signal() {
+    let mut h = Harness::start();
+    let mut child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    // Kill it only once it runs sleep, so the exit is sleep's own.
+    h.wait_for("process_exec", pid, None);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let exit = h.wait_for("process_exit", pid, None);
+    let EventKind::ProcessExit { status, .. } = exit.kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        status,
+        ExitStatus::Signaled {
+            signal: 15,
+            core_dumped: false
+        }
+    );
+}
+
+#[test]
+fn threads_fork_as_threads_and_do_not_exit_the_process() {
+    let mut h = Harness::start();
+    let tid = std::thread::spawn(|| nix::unistd::gettid().as_raw() as u32)
+        .join()
+        .unwrap();
+    let me = std::process::id();
+    let fork = h.wait_for("process_fork", me, Some(tid));
+    let EventKind::ProcessFork { thread, .. } = fork.kind else {
+        unreachable!()
+    };
+    assert!(thread, "{fork:?}");
+
+    // A later process's exit is a marker: the thread's exit, had it been
+    // reported, would have arrived before it.
+    let mut marker = Command::new("/bin/true").spawn().unwrap();
+    marker.wait().unwrap();
+    h.wait_for("process_exit", marker.id(), None);
+    let thread_exits: Vec<&Event> = h
+        .seen
+        .iter()
+        .filter(|e| e.kind.name() == "process_exit" && e.kind.process().tid == tid)
+        .collect();
+    assert!(thread_exits.is_empty(), "a thread exit was reported: {thread_exits:?}");
+}
+
+#[test]
+fn custom_btf_file_relocates_and_works() {
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(auspex_probe::btf::KERNEL_BTF, copy.path()).unwrap();
+    let probe = ProcessProbe::load(&ProbeConfig {
+        btf_file: Some(copy.path().to_path_buf()),
+        ..ProbeConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = Harness {
+        probe,
+        seen: Vec::new(),
+    };
+    let mut child = Command::new("/bin/true").arg("btf").spawn().unwrap();
+    child.wait().unwrap();
+    let exec = h.wait_for("process_exec", child.id(), None);
+    assert_eq!(
+        exec.kind.process().args,
+        Some(vec!["/bin/true".into(), "btf".into()])
+    );
+}
+
+#[test]
+fn dropping_the_probe_leaves_no_program_behind() {
+    let probe = ProcessProbe::load(&ProbeConfig::default()).unwrap();
+    let ids = probe.program_ids();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(probe.attached(), 3);
+    for id in &ids {
+        assert!(libbpf_rs::Program::fd_from_id(*id).is_ok(), "program {id} should be loaded");
+    }
+    drop(probe);
+    // The kernel frees a program once its last reference is gone; that is
+    // synchronous for fds, but RCU may defer the id's removal briefly.
+    let start = Instant::now();
+    loop {
+        let alive: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| libbpf_rs::Program::fd_from_id(*id).is_ok())
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "programs still loaded after drop: {alive:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new("/sys/fs/bpf/auspex").exists(),
+        "the probe must not pin anything"
+    );
+}
+
+#[test]
+fn no_drops_and_no_decode_errors_under_normal_load() {
+    let mut h = Harness::start();
+    for _ in 0..50 {
+        Command::new("/bin/true").spawn().unwrap().wait().unwrap();
+    }
+    let mut last = Command::new("/bin/true").spawn().unwrap();
+    last.wait().unwrap();
+    h.wait_for("process_exit", last.id(), None);
+    let stats = h.probe.stats().unwrap();
+    assert_eq!(stats.kernel_drops.total(), 0, "{stats:?}");
+    assert_eq!(stats.decode.rejected(), 0, "{stats:?}");
+    assert!(stats.decode.decoded >= 153, "{stats:?}");
+}
