@@ -19,7 +19,15 @@ fn main() {
             .clang(&clang)
             // -g keeps BTF (needed for CO-RE); the target arch picks the
             // right pt_regs layout in bpf_tracing.h.
-            .clang_args(["-I", "bpf", "-g", "-O2", "-Wall", "-Werror", "-D__TARGET_ARCH_x86"])
+            .clang_args([
+                "-I",
+                "bpf",
+                "-g",
+                "-O2",
+                "-Wall",
+                "-Werror",
+                "-D__TARGET_ARCH_x86",
+            ])
             .build_and_generate(out.join(format!("{probe}.skel.rs")))
             .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
         println!("cargo:rerun-if-changed={src}");

@@ -68,7 +68,9 @@ mod tests {
         assert!(matches!(err, ProbeError::BtfFileMissing(_)), "{err}");
 
         let mut random = tempfile::NamedTempFile::new().unwrap();
-        let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         random.write_all(&bytes).unwrap();
         let err = check_btf_file(random.path()).unwrap_err().to_string();
         assert!(err.contains("not a BTF file"), "{err}");

@@ -26,7 +26,9 @@ impl BootClock {
 
     /// A clock whose boot happened at `boot` in wall-clock time.
     pub fn booted_at(boot: DateTime<Utc>) -> Self {
-        let ns = boot.timestamp_nanos_opt().expect("a date between 1677 and 2262");
+        let ns = boot
+            .timestamp_nanos_opt()
+            .expect("a date between 1677 and 2262");
         BootClock {
             realtime_minus_boot_ns: i128::from(ns),
         }

@@ -266,7 +266,13 @@ mod tests {
         );
         assert_eq!(process.args_truncated, Some(false));
         assert_eq!(
-            (process.pid, process.tid, process.ppid, process.uid, process.gid),
+            (
+                process.pid,
+                process.tid,
+                process.ppid,
+                process.uid,
+                process.gid
+            ),
             (10, 11, 1, 1000, 100)
         );
         assert_eq!(process.comm, "test");
@@ -307,10 +313,7 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_valid_record_is_rejected_without_panic() {
-        for record in [
-            exec_record(b"sh\0bin\0", b"sh\0-c\0", 0),
-            exit_record(9),
-        ] {
+        for record in [exec_record(b"sh\0bin\0", b"sh\0-c\0", 0), exit_record(9)] {
             for len in 0..record.len() {
                 let err = decode(&record[..len], &clock()).unwrap_err();
                 assert!(

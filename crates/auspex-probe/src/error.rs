@@ -69,7 +69,9 @@ pub(crate) fn explain(err: &libbpf_rs::Error) -> String {
     let reason = match errno_of(err) {
         Some(LIBBPF_ERRNO_FORMAT) => "invalid BTF or BPF object format".to_string(),
         Some(LIBBPF_ERRNO_RELOC) => {
-            format!("CO-RE relocation failed: the BTF does not match what the probe reads; {SEE_LOG}")
+            format!(
+                "CO-RE relocation failed: the BTF does not match what the probe reads; {SEE_LOG}"
+            )
         }
         Some(LIBBPF_ERRNO_VERIFY | libc::EACCES) => {
             format!("the kernel's verifier rejected a program; {SEE_LOG}")
@@ -81,7 +83,9 @@ pub(crate) fn explain(err: &libbpf_rs::Error) -> String {
              a kernel in lockdown=confidentiality mode also forbids it)"
             .to_string(),
         Some(libc::ENOSYS) => "the kernel was built without BPF support".to_string(),
-        Some(libc::ESRCH) => "the kernel's BTF lacks a type or function the probe needs".to_string(),
+        Some(libc::ESRCH) => {
+            "the kernel's BTF lacks a type or function the probe needs".to_string()
+        }
         Some(libc::EINVAL) => format!("the kernel rejected the request as invalid; {SEE_LOG}"),
         _ => return format!("{err:#}"),
     };
@@ -97,7 +101,10 @@ mod tests {
         let e = libbpf_rs::Error::from_raw_os_error(4001);
         assert_eq!(errno_of(&e), Some(4001));
         let text = explain(&e);
-        assert!(text.starts_with("invalid BTF or BPF object format"), "{text}");
+        assert!(
+            text.starts_with("invalid BTF or BPF object format"),
+            "{text}"
+        );
 
         let e = libbpf_rs::Error::from_raw_os_error(libc::EPERM);
         assert!(explain(&e).contains("CAP_BPF"));

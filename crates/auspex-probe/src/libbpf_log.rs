@@ -17,6 +17,8 @@ fn forward(level: PrintLevel, message: String) {
     let message = message.trim_end();
     match level {
         PrintLevel::Warn => tracing::debug!(target: "auspex::libbpf", "warning: {message}"),
-        PrintLevel::Info | PrintLevel::Debug => tracing::debug!(target: "auspex::libbpf", "{message}"),
+        PrintLevel::Info | PrintLevel::Debug => {
+            tracing::debug!(target: "auspex::libbpf", "{message}")
+        }
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use auspex_events::Event;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{ErrorKind, Link, MapCore, MapFlags, OpenObject, Program, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{
+    ErrorKind, Link, MapCore, MapFlags, OpenObject, Program, RingBuffer, RingBufferBuilder,
+};
 
 use crate::clock::BootClock;
 use crate::decode::{DecodeStats, Decoder};
@@ -78,6 +80,7 @@ impl ProcessProbe {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         let custom_btf = btf::relocation_source(config.btf_file.as_deref())?;
+        features::require_bpf()?;
         features::require_ring_buffer()?;
 
         let load_error = |e: libbpf_rs::Error| ProbeError::Load {
@@ -95,7 +98,8 @@ impl ProcessProbe {
         // Leaking the box (one pointer, once per load) gives it a 'static
         // home without a self-referential struct; the object itself is
         // closed when the skeleton drops.
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = builder.open(storage).map_err(load_error)?;
         open.maps
             .events

@@ -87,7 +87,19 @@ fn assert_process(actual: &Process, expected: &Process, context: &str) {
             }
         )*};
     }
-    check!(pid, tid, ppid, uid, gid, comm, exe, exe_truncated, args, args_truncated, cgroup_id);
+    check!(
+        pid,
+        tid,
+        ppid,
+        uid,
+        gid,
+        comm,
+        exe,
+        exe_truncated,
+        args,
+        args_truncated,
+        cgroup_id
+    );
     assert!(
         diffs.is_empty(),
         "{context}: fields differ:\n{}\nevent process: {actual:#?}",
@@ -96,7 +108,10 @@ fn assert_process(actual: &Process, expected: &Process, context: &str) {
 }
 
 fn own_ids() -> (u32, u32) {
-    (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+    (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    )
 }
 
 /// The cgroup v2 id of this process: the inode of its cgroup directory in
@@ -160,12 +175,18 @@ fn exec_fork_exit_with_unusual_arguments() {
     else {
         unreachable!()
     };
-    assert_eq!(*parent, TaskId {
-        pid: std::process::id(),
-        tid: parent.tid
-    });
-    assert_eq!(*thread, false, "{fork:?}");
-    assert_eq!((process.pid, process.tid, process.ppid), (pid, pid, std::process::id()));
+    assert_eq!(
+        *parent,
+        TaskId {
+            pid: std::process::id(),
+            tid: parent.tid
+        }
+    );
+    assert!(!*thread, "{fork:?}");
+    assert_eq!(
+        (process.pid, process.tid, process.ppid),
+        (pid, pid, std::process::id())
+    );
 
     let exec = h.wait_for("process_exec", pid, None);
     let mut expected_args = vec!["/bin/sh".to_string()];
@@ -207,7 +228,10 @@ fn long_argument_vector_is_truncated_and_flagged() {
     // cut at ARGS_MAX bytes.
     let mut argv = vec!["/bin/true".to_string()];
     argv.extend(args);
-    let mut bytes: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let mut bytes: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     assert!(bytes.len() > ARGS_MAX);
     bytes.truncate(ARGS_MAX);
     let expected: Vec<String> = bytes
@@ -232,7 +256,10 @@ fn long_argument_vector_is_truncated_and_flagged() {
 fn relative_path_and_other_mount_resolve_to_the_absolute_exe() {
     let mut h = Harness::start();
     // A relative filename: the probe must resolve it, not echo "./true".
-    let mut child = Command::new("./true").current_dir("/usr/bin").spawn().unwrap();
+    let mut child = Command::new("./true")
+        .current_dir("/usr/bin")
+        .spawn()
+        .unwrap();
     child.wait().unwrap();
     let exec = h.wait_for("process_exec", child.id(), None);
     assert_eq!(exec.kind.process().exe, Some(canonical("/usr/bin/true")));
@@ -304,7 +331,10 @@ fn threads_fork_as_threads_and_do_not_exit_the_process() {
         .iter()
         .filter(|e| e.kind.name() == "process_exit" && e.kind.process().tid == tid)
         .collect();
-    assert!(thread_exits.is_empty(), "a thread exit was reported: {thread_exits:?}");
+    assert!(
+        thread_exits.is_empty(),
+        "a thread exit was reported: {thread_exits:?}"
+    );
 }
 
 #[test]
@@ -336,7 +366,10 @@ fn dropping_the_probe_leaves_no_program_behind() {
     assert_eq!(ids.len(), 3);
     assert_eq!(probe.attached(), 3);
     for id in &ids {
-        assert!(libbpf_rs::Program::fd_from_id(*id).is_ok(), "program {id} should be loaded");
+        assert!(
+            libbpf_rs::Program::fd_from_id(*id).is_ok(),
+            "program {id} should be loaded"
+        );
     }
     drop(probe);
     // The kernel frees a program once its last reference is gone; that is
@@ -351,7 +384,10 @@ fn dropping_the_probe_leaves_no_program_behind() {
         if alive.is_empty() {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "programs still loaded after drop: {alive:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "programs still loaded after drop: {alive:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(

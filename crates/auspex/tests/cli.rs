@@ -1,0 +1,364 @@
+//! `auspex run` as a user runs it: real probe, real processes, JSON lines
+//! out, clear errors for bad input. Needs root and kernel BTF.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const AUSPEX: &str = env!("CARGO_BIN_EXE_auspex");
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running `auspex run --output FILE`, with its stderr collected.
+struct Agent {
+    child: Child,
+    output: PathBuf,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("events.jsonl");
+        let mut child = Command::new(AUSPEX)
+            .arg("run")
+            .arg("--output")
+            .arg(&output)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                lines.lock().unwrap().push(line.unwrap());
+            }
+        });
+        let agent = Agent {
+            child,
+            output,
+            stderr,
+            _dir: dir,
+        };
+        agent.wait_until("the probe is attached", |a| {
+            a.stderr_text().contains("process probe attached")
+        });
+        agent
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    fn wait_until(&self, what: &str, done: impl Fn(&Agent) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting until {what}.\nagent stderr:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The one event of `kind` about `pid`; fails listing what was seen.
+    fn event(&self, kind: &str, pid: u32) -> Value {
+        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid;
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            if let Some(e) = events.iter().find(|e| matches(e)) {
+                return e.clone();
+            }
+            if start.elapsed() > DEADLINE {
+                let related: Vec<String> = events
+                    .iter()
+                    .filter(|e| e["process"]["pid"] == pid || e["process"]["ppid"] == pid)
+                    .map(Value::to_string)
+                    .collect();
+                panic!(
+                    "no {kind} event for pid {pid}; {} events written, those about it:\n{}\n\
+                     agent stderr:\n{}",
+                    events.len(),
+                    related.join("\n"),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` and returns the exit status and the stderr lines.
+    fn stop(mut self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        let status = self.child.wait().unwrap();
+        // Let the reader thread see EOF.
+        std::thread::sleep(Duration::from_millis(50));
+        let lines = self.stderr.lock().unwrap().clone();
+        (status, lines)
+    }
+}
+
+fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn run_writes_exact_exec_fork_exit_events_and_stops_cleanly() {
+    let agent = Agent::start(&[]);
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exit 5", "zero", "", "a b", "ünïcode"])
+        .spawn()
+        .unwrap();
+    child.wait().unwrap();
+    let pid = child.id();
+    let me = std::process::id();
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+
+    let fork = agent.event("process_fork", pid);
+    let cgroup_id = fork["process"]["cgroup_id"].clone();
+    assert!(cgroup_id.is_u64(), "{fork}");
+    assert_eq!(fork["parent"]["pid"], me, "{fork}");
+    assert_eq!(fork["thread"], false, "{fork}");
+
+    let exec = agent.event("process_exec", pid);
+    assert_eq!(
+        exec["process"],
+        json!({
+            "pid": pid, "tid": pid, "ppid": me, "uid": uid, "gid": gid, "comm": "sh",
+            "exe": canonical("/bin/sh"),
+            "args": ["/bin/sh", "-c", "exit 5", "zero", "", "a b", "ünïcode"],
+            "args_truncated": false,
+            "cgroup_id": cgroup_id,
+        }),
+        "{exec}"
+    );
+    assert!(exec["time"].as_str().unwrap().ends_with('Z'), "{exec}");
+
+    let exit = agent.event("process_exit", pid);
+    assert_eq!(exit["exit_code"], 5, "{exit}");
+    assert_eq!(exit["process"]["comm"], "sh", "{exit}");
+    assert!(exit.get("signal").is_none(), "{exit}");
+
+    let (status, stderr) = agent.stop(Signal::SIGINT);
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        stderr.join("\n")
+    );
+    let summary = stderr.last().unwrap();
+    assert!(
+        summary.starts_with("auspex: ")
+            && summary.contains(" events in ")
+            && summary.contains("dropped 0:"),
+        "summary line: {summary}"
+    );
+    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_btf_file_copy_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let btf = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let agent = Agent::start(&["--btf", btf.to_str().unwrap()]);
+    let mut child = Command::new("/bin/true")
+        .arg("via-btf-file")
+        .spawn()
+        .unwrap();
+    child.wait().unwrap();
+    let exec = agent.event("process_exec", child.id());
+    assert_eq!(
+        exec["process"]["args"],
+        json!(["/bin/true", "via-btf-file"])
+    );
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        stderr.join("\n")
+    );
+}
+
+/// Runs auspex to completion (it must fail) and returns its output.
+fn run_failing(command: &mut Command) -> (i32, String) {
+    let Output {
+        status,
+        stderr,
+        stdout,
+    } = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(
+        stdout.is_empty(),
+        "nothing belongs on stdout: {:?}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (status.code().expect("exited, not killed"), stderr)
+}
+
+fn auspex_run(args: &[&str]) -> Command {
+    let mut c = Command::new(AUSPEX);
+    c.arg("run").args(args);
+    c
+}
+
+#[test]
+fn missing_btf_file_is_one_clear_line() {
+    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", "/nonexistent/vmlinux"]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "auspex: error: BTF file /nonexistent/vmlinux does not exist\n"
+    );
+}
+
+#[test]
+fn corrupt_btf_files_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let random = dir.path().join("random.btf");
+    let mut f = std::fs::File::create(&random).unwrap();
+    let bytes: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    f.write_all(&bytes).unwrap();
+    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", random.to_str().unwrap()]));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!(
+            "auspex: error: BTF file {} cannot be used: not a BTF file",
+            random.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Unknown error"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let truncated = dir.path().join("truncated.btf");
+    let kernel = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+    std::fs::write(&truncated, &kernel[..kernel.len() / 3]).unwrap();
+    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", truncated.to_str().unwrap()]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("corrupt or truncated BTF"), "{stderr}");
+}
+
+#[test]
+fn without_capabilities_the_error_names_them() {
+    // Root, but with every capability dropped from the bounding set, so the
+    // exec'd agent has none.
+    let (code, stderr) = run_failing(Command::new("setpriv").args([
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--",
+        AUSPEX,
+        "run",
+    ]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "auspex: error: permission denied: loading BPF programs needs root, or the capabilities \
+         CAP_BPF and CAP_PERFMON (missing: CAP_BPF, CAP_PERFMON)\n"
+    );
+}
+
+#[test]
+fn kernel_without_btf_is_one_clear_line() {
+    // Hide the kernel's BTF in a private mount namespace.
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run";
+    let (code, stderr) = run_failing(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        AUSPEX,
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(
+            "auspex: error: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bad_output_path_and_bad_sizes_are_refused() {
+    let (code, stderr) = run_failing(&mut auspex_run(&[
+        "--output",
+        "/nonexistent/dir/events.jsonl",
+    ]));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(
+            "auspex: error: cannot create output file /nonexistent/dir/events.jsonl: "
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = run_failing(&mut auspex_run(&["--ring-buffer-size", "3M"]));
+    assert_eq!(code, 2, "usage errors exit with 2: {stderr}");
+    assert!(stderr.contains("must be a power of two"), "{stderr}");
+}
+
+#[test]
+fn stdout_reader_going_away_ends_the_run_quietly() {
+    let mut agent = Command::new(AUSPEX)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(agent.stdout.take().unwrap());
+    // Make events until the agent has written one, then hang up.
+    let mut first = String::new();
+    let reader = std::thread::spawn(move || {
+        stdout.read_line(&mut first).unwrap();
+        first
+    });
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(start.elapsed() < DEADLINE, "the agent wrote nothing");
+        Command::new("/bin/true").status().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = reader.join().unwrap();
+    serde_json::from_str::<Value>(&first).unwrap();
+    // The pipe is now closed; more events make the agent's write fail.
+    let start = Instant::now();
+    while agent.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the agent kept running with no reader"
+        );
+        Command::new("/bin/true").status().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = agent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("error"), "{stderr}");
+}
