@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # Sets the machine up and runs every test: unit tests, and live tests that
 # load the probes into this kernel (root needed). Then checks formatting and
-# lints.
+# lints, and that no BPF object was left pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo fmt --all -- --check || status=1
+cargo clippy --workspace --all-targets --locked -- -D warnings || status=1
 
-# The tests must not leave BPF objects pinned (they pin nothing; this
-# catches a regression). progs.debug/maps.debug belong to the kernel.
+# The tests pin nothing; this catches a regression. progs.debug and
+# maps.debug belong to the kernel.
 left=$(find /sys/fs/bpf -mindepth 1 ! -name '*.debug' 2>/dev/null | head -5)
 if [ -n "$left" ]; then
-    echo "test: BPF objects left pinned under /sys/fs/bpf:" >&2
-    echo "$left" >&2
-    exit 1
+    printf 'test: BPF objects left pinned under /sys/fs/bpf:\n%s\n' "$left" >&2
+    status=1
 fi
+
+sum() { sed -nE "s/^test result: .* ([0-9]+) $1;.*/\1/p" "$log" | awk '{s += $1} END {print s + 0}'; }
+echo "tests: $(sum passed) passed, $(sum failed) failed"
+exit "$status"

@@ -138,7 +138,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	if (size > sizeof(*e))
 		return 0;
 	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size);
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flag()))
 		count(AUSPEX_DROP_RINGBUF_EXEC);
 	return 0;
 }
@@ -157,7 +157,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	e->parent_tid = BPF_CORE_READ(parent, pid);
 	e->is_thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 
@@ -180,6 +180,6 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	fill_header(&e->hdr, task, AUSPEX_EVENT_EXIT, sizeof(*e));
 	e->exit_status = BPF_CORE_READ(task, exit_code);
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }

@@ -21,6 +21,12 @@ use crate::skel::types::auspex_counter as Counter;
 use crate::skel::{ProcessSkel, ProcessSkelBuilder};
 use crate::{btf, features, libbpf_log, privileges};
 
+/// The probes wake the reader once this fraction of the ring buffer is
+/// waiting (see `wakeup_bytes` in bpf/output.h); otherwise the reader
+/// collects on its timed polls. A sixteenth leaves room for bursts while
+/// each wakeup carries thousands of records.
+const WAKEUP_FRACTION: u32 = 16;
+
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
     /// Relocate against this BTF file instead of the kernel's.
@@ -105,6 +111,9 @@ impl ProcessProbe {
             .events
             .set_max_entries(config.ring_buffer_bytes)
             .map_err(load_error)?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.wakeup_bytes = u64::from(config.ring_buffer_bytes / WAKEUP_FRACTION);
+        }
         let skel = open.load().map_err(load_error)?;
 
         let links = [
@@ -147,8 +156,10 @@ impl ProcessProbe {
         })
     }
 
-    /// Waits up to `timeout` for records and hands each decoded event to
-    /// `on_event`. Returns how many events were delivered.
+    /// Waits up to `timeout` for a wakeup, then hands each decoded event to
+    /// `on_event`. Records arrive without a wakeup while few are waiting, so
+    /// callers poll again within the delay they accept for an event.
+    /// Returns how many events were delivered.
     pub fn poll(
         &mut self,
         timeout: Duration,
@@ -165,7 +176,7 @@ impl ProcessProbe {
                 })
             }
         }
-        Ok(self.deliver(on_event))
+        self.drain(on_event)
     }
 
     /// Takes whatever is in the ring buffer now, without waiting.
