@@ -12,9 +12,10 @@ die() { say "error: $*"; exit 1; }
 # clang-19 compiles the BPF programs. The rest builds the vendored libbpf,
 # libelf and zlib that libbpf-sys links statically (so the agent needs no
 # shared libraries at run time): a C toolchain, make, pkg-config, autotools,
-# flex, bison and gawk. util-linux brings setpriv/unshare for the tests.
+# flex, bison and gawk. The tests use util-linux (setpriv, unshare),
+# iproute2 (network namespaces) and python3 (network peers).
 packages=(clang-19 gcc libc6-dev make pkg-config autoconf automake autopoint libtool
-          flex bison gawk util-linux ca-certificates)
+          flex bison gawk util-linux ca-certificates iproute2 python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

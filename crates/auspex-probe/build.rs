@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["process"];
+const PROBES: &[&str] = &["process", "network"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -16,6 +16,9 @@ fn main() {
         let src = format!("bpf/{probe}.bpf.c");
         SkeletonBuilder::new()
             .source(&src)
+            // Kept in OUT_DIR for inspection (bpftool prog loadall shows the
+            // verifier's log of a rejected program).
+            .obj(out.join(format!("{probe}.bpf.o")))
             .clang(&clang)
             // -g keeps BTF (needed for CO-RE); the target arch picks the
             // right pt_regs layout in bpf_tracing.h.
@@ -32,7 +35,12 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
         println!("cargo:rerun-if-changed={src}");
     }
-    for header in ["bpf/events.h", "bpf/output.h", "bpf/vmlinux.h"] {
+    for header in [
+        "bpf/events.h",
+        "bpf/output.h",
+        "bpf/task.h",
+        "bpf/vmlinux.h",
+    ] {
         println!("cargo:rerun-if-changed={header}");
     }
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -4,6 +4,8 @@
 //! The JSON form (one object per line) is part of the output contract and is
 //! documented field by field in `docs/events.md`.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 
@@ -34,6 +36,15 @@ pub enum EventKind {
         #[serde(flatten)]
         status: ExitStatus,
     },
+    /// A connection was established (TCP) or first seen (UDP).
+    ConnectionOpen(Connection),
+    /// A connection was closed by either side (TCP), or its socket was
+    /// closed (UDP).
+    ConnectionClose(Connection),
+    /// A socket started listening (TCP) or was bound to a port (UDP).
+    EndpointOpen(Endpoint),
+    /// That socket stopped listening or was closed.
+    EndpointClose(Endpoint),
 }
 
 impl EventKind {
@@ -43,16 +54,83 @@ impl EventKind {
             EventKind::ProcessExec { .. } => "process_exec",
             EventKind::ProcessFork { .. } => "process_fork",
             EventKind::ProcessExit { .. } => "process_exit",
+            EventKind::ConnectionOpen(_) => "connection_open",
+            EventKind::ConnectionClose(_) => "connection_close",
+            EventKind::EndpointOpen(_) => "endpoint_open",
+            EventKind::EndpointClose(_) => "endpoint_close",
         }
     }
 
-    pub fn process(&self) -> &Process {
+    /// The process the event is about, when known.
+    pub fn process(&self) -> Option<&Process> {
         match self {
             EventKind::ProcessExec { process }
             | EventKind::ProcessFork { process, .. }
-            | EventKind::ProcessExit { process, .. } => process,
+            | EventKind::ProcessExit { process, .. } => Some(process),
+            EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => c.process.as_ref(),
+            EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_ref(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// This side initiated: connect(), or sent the first datagram.
+    Client,
+    /// This side accepted, or received the first datagram.
+    Server,
+}
+
+/// An IP address (IPv4-mapped IPv6 addresses are shown as IPv4) and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct SocketAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Identifies a socket while it is open, so that opens and closes pair up.
+/// Opaque; a closed socket's id may be reused by a later socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockId(pub u64);
+
+impl Serialize for SockId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    pub protocol: Protocol,
+    /// Absent when unknown: a connection that was open before Auspex started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Inode number of the network namespace (as in /proc/<pid>/ns/net).
+    pub netns: u32,
+    pub sock_id: SockId,
+    /// The process that owns the socket; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub protocol: Protocol,
+    pub local: SocketAddr,
+    pub netns: u32,
+    pub sock_id: SockId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
 }
 
 /// What is known about the process an event is about. Fields a method or an
@@ -201,6 +279,41 @@ mod tests {
         let v = serde_json::to_value(&exit).unwrap();
         assert_eq!(v["exit_code"], 7);
         assert!(v.get("signal").is_none());
+    }
+
+    #[test]
+    fn connection_form() {
+        let event = Event {
+            time: time(),
+            kind: EventKind::ConnectionOpen(Connection {
+                protocol: Protocol::Tcp,
+                role: Some(Role::Client),
+                local: SocketAddr {
+                    ip: "10.0.0.1".parse().unwrap(),
+                    port: 40000,
+                },
+                remote: SocketAddr {
+                    ip: "::1".parse().unwrap(),
+                    port: 80,
+                },
+                netns: 4026531840,
+                sock_id: SockId(0xabc),
+                process: None,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            json!({
+                "time": "2025-11-25T19:46:40.123456789Z",
+                "type": "connection_open",
+                "protocol": "tcp",
+                "role": "client",
+                "local": {"ip": "10.0.0.1", "port": 40000},
+                "remote": {"ip": "::1", "port": 80},
+                "netns": 4026531840u32,
+                "sock_id": "0000000000000abc",
+            })
+        );
     }
 
     #[test]

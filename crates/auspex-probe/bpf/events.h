@@ -33,6 +33,13 @@ enum auspex_event_kind {
 	AUSPEX_EVENT_EXEC = 1,
 	AUSPEX_EVENT_FORK = 2,
 	AUSPEX_EVENT_EXIT = 3,
+	/* struct sock_event */
+	AUSPEX_EVENT_CONNECTION_OPEN = 4,
+	AUSPEX_EVENT_CONNECTION_CLOSE = 5,
+	AUSPEX_EVENT_ENDPOINT_OPEN = 6,
+	AUSPEX_EVENT_ENDPOINT_CLOSE = 7,
+	/* A UDP socket was closed: userspace closes what it reported for it. */
+	AUSPEX_EVENT_UDP_RELEASE = 8,
 };
 
 /* Index into the per-CPU `counters` map. */
@@ -41,7 +48,28 @@ enum auspex_counter {
 	AUSPEX_DROP_RINGBUF_EXEC = 0,
 	AUSPEX_DROP_RINGBUF_FORK = 1,
 	AUSPEX_DROP_RINGBUF_EXIT = 2,
-	AUSPEX_COUNTER_MAX = 3,
+	AUSPEX_DROP_RINGBUF_NET = 3,
+	/* A socket could not be remembered because its map was full: its
+	 * events then lack their owner, or (UDP) repeat. */
+	AUSPEX_DROP_SOCK_OWNERS_FULL = 4,
+	AUSPEX_DROP_LISTENERS_FULL = 5,
+	AUSPEX_DROP_UDP_SOCKS_FULL = 6,
+	/* A connected UDP socket whose local port never appeared. */
+	AUSPEX_DROP_UDP_CONNECT_UNRESOLVED = 7,
+	AUSPEX_COUNTER_MAX = 8,
+};
+
+enum auspex_role {
+	AUSPEX_ROLE_UNKNOWN = 0,
+	AUSPEX_ROLE_CLIENT = 1,
+	AUSPEX_ROLE_SERVER = 2,
+};
+
+/* Bits of sock_event.flags. */
+enum auspex_sock_flags {
+	/* hdr.task holds the socket's owner; otherwise it is unknown (the
+	 * socket predates the probe) and hdr.task is zero. */
+	AUSPEX_SOCK_OWNER_KNOWN = 1,
 };
 
 /* Bits of exec_event.flags. */
@@ -54,10 +82,8 @@ enum auspex_exec_flags {
 	AUSPEX_EXEC_ARGS_UNREADABLE = 4,
 };
 
-struct event_header {
-	__u32 kind;		/* enum auspex_event_kind */
-	__u32 size;		/* bytes of the whole record, header included */
-	__u64 boot_ns;		/* bpf_ktime_get_boot_ns() */
+/* The task an event is about. */
+struct task_info {
 	__u32 pid;		/* thread group id of the subject */
 	__u32 tid;		/* thread id of the subject */
 	__u32 ppid;		/* thread group id of the subject's real parent */
@@ -66,6 +92,13 @@ struct event_header {
 	__u32 _pad;
 	__u64 cgroup_id;	/* cgroup v2 id of the subject */
 	__u8 comm[AUSPEX_COMM_LEN];
+};
+
+struct event_header {
+	__u32 kind;		/* enum auspex_event_kind */
+	__u32 size;		/* bytes of the whole record, header included */
+	__u64 boot_ns;		/* bpf_ktime_get_boot_ns() */
+	struct task_info task;
 };
 
 /*
@@ -88,7 +121,7 @@ struct exec_event {
 	__u8 data[AUSPEX_PATH_MAX + AUSPEX_ARGS_MAX];
 };
 
-/* A new task. The header describes the child. */
+/* A new task. The header's task is the child. */
 struct fork_event {
 	struct event_header hdr;
 	__u32 parent_pid;
@@ -107,6 +140,26 @@ struct exit_event {
 };
 
 /*
+ * A socket opened or closed a connection, or started or stopped listening.
+ * The header's task is the socket's owner: the process that created the
+ * connection (client), that listens (server), or that first used the UDP
+ * socket. Addresses are in network byte order, IPv4 in the first 4 bytes.
+ */
+struct sock_event {
+	struct event_header hdr;
+	__u64 sock;		/* the kernel socket's address: an identity, never read */
+	__u32 netns;		/* inode number of the network namespace */
+	__u16 family;		/* AF_INET or AF_INET6 */
+	__u8 protocol;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 role;		/* enum auspex_role */
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;	/* host byte order */
+	__u16 remote_port;
+	__u32 flags;		/* enum auspex_sock_flags */
+};
+
+/*
  * Every record type, so a buffer can hold any of them. It is also how the
  * record types and the enums above reach the object's BTF, from which the
  * build generates their Rust twins: clang emits BTF only for types that a
@@ -117,6 +170,8 @@ struct auspex_abi {
 	enum auspex_event_kind kind;
 	enum auspex_counter counter;
 	enum auspex_exec_flags exec_flags;
+	enum auspex_role role;
+	enum auspex_sock_flags sock_flags;
 };
 
 union auspex_record {
@@ -124,6 +179,7 @@ union auspex_record {
 	struct exec_event exec;
 	struct fork_event fork;
 	struct exit_event exit;
+	struct sock_event sock;
 	struct auspex_abi abi;
 };
 

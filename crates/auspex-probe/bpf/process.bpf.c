@@ -12,6 +12,7 @@
 
 #include "events.h"
 #include "output.h"
+#include "task.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -26,25 +27,6 @@ struct {
 	__type(key, __u32);
 	__type(value, union auspex_record);
 } scratch SEC(".maps");
-
-static __always_inline void fill_header(struct event_header *hdr, struct task_struct *task,
-					__u32 kind, __u32 size)
-{
-	hdr->kind = kind;
-	hdr->size = size;
-	hdr->boot_ns = bpf_ktime_get_boot_ns();
-	hdr->pid = BPF_CORE_READ(task, tgid);
-	hdr->tid = BPF_CORE_READ(task, pid);
-	hdr->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	/* real_cred: the objective credentials, what /proc/<pid>/status shows. */
-	hdr->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	hdr->gid = BPF_CORE_READ(task, real_cred, gid.val);
-	hdr->_pad = 0;
-	/* The subject's own cgroup rather than current's: for fork the subject
-	 * is the child, which may have been cloned into another cgroup. */
-	hdr->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	BPF_CORE_READ_STR_INTO(&hdr->comm, task, comm);
-}
 
 /*
  * Writes the executable's path as components leaf first (see events.h),

@@ -2,14 +2,20 @@
 //! short, oversized, inconsistent or of an unknown kind is counted and
 //! skipped.
 
+use std::hash::{BuildHasher, RandomState};
 use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use auspex_events::{Event, EventKind, ExitStatus, Process, TaskId};
+use auspex_events::{
+    Connection, Endpoint, Event, EventKind, ExitStatus, Process, Protocol, Role, SockId,
+    SocketAddr, TaskId,
+};
 
 use crate::clock::BootClock;
 use crate::skel::types::{
-    auspex_event_kind as Kind, auspex_exec_flags as ExecFlags, event_header, exec_event,
-    exit_event, fork_event,
+    auspex_event_kind as Kind, auspex_exec_flags as ExecFlags, auspex_role as WireRole,
+    auspex_sock_flags as SockFlags, event_header, exec_event, exit_event, fork_event, sock_event,
+    task_info,
 };
 use crate::wire::{read_prefix, Wire};
 
@@ -42,16 +48,49 @@ impl DecodeStats {
     }
 }
 
+/// What a record means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Event),
+    /// A UDP socket was closed; what was reported open for it closes too.
+    UdpReleased {
+        time: chrono::DateTime<chrono::Utc>,
+        sock_id: SockId,
+    },
+}
+
+/// How records are turned into events: the clock for their timestamps, and
+/// the key that turns kernel socket addresses into opaque ids (so that no
+/// kernel address reaches the output).
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub clock: BootClock,
+    pub sock_key: RandomState,
+}
+
+impl Context {
+    pub fn new(clock: BootClock) -> Self {
+        Context {
+            clock,
+            sock_key: RandomState::new(),
+        }
+    }
+
+    fn sock_id(&self, address: u64) -> SockId {
+        SockId(self.sock_key.hash_one(address))
+    }
+}
+
 #[derive(Debug)]
 pub struct Decoder {
-    clock: BootClock,
+    context: Context,
     stats: DecodeStats,
 }
 
 impl Decoder {
-    pub fn new(clock: BootClock) -> Self {
+    pub fn new(context: Context) -> Self {
         Decoder {
-            clock,
+            context,
             stats: DecodeStats::default(),
         }
     }
@@ -61,8 +100,8 @@ impl Decoder {
     }
 
     /// Decodes one record, counting the outcome.
-    pub fn decode(&mut self, record: &[u8]) -> Option<Event> {
-        match decode(record, &self.clock) {
+    pub fn decode(&mut self, record: &[u8]) -> Option<Decoded> {
+        match decode(record, &self.context) {
             Ok(event) => {
                 self.stats.decoded += 1;
                 Some(event)
@@ -81,7 +120,7 @@ impl Decoder {
     }
 }
 
-pub fn decode(record: &[u8], clock: &BootClock) -> Result<Event, DecodeError> {
+pub fn decode(record: &[u8], context: &Context) -> Result<Decoded, DecodeError> {
     if record.len() < size_of::<event_header>() {
         return Err(DecodeError::Short);
     }
@@ -89,12 +128,13 @@ pub fn decode(record: &[u8], clock: &BootClock) -> Result<Event, DecodeError> {
     if header.size as usize != record.len() {
         return Err(DecodeError::Inconsistent);
     }
+    let time = context.clock.to_wall(header.boot_ns);
     let kind = match Kind(header.kind) {
         Kind::AUSPEX_EVENT_EXEC => decode_exec(record, &header)?,
         Kind::AUSPEX_EVENT_FORK => {
             let e: fork_event = read_exact(record)?;
             EventKind::ProcessFork {
-                process: process(&header),
+                process: process(&header.task),
                 parent: TaskId {
                     pid: e.parent_pid,
                     tid: e.parent_tid,
@@ -105,16 +145,116 @@ pub fn decode(record: &[u8], clock: &BootClock) -> Result<Event, DecodeError> {
         Kind::AUSPEX_EVENT_EXIT => {
             let e: exit_event = read_exact(record)?;
             EventKind::ProcessExit {
-                process: process(&header),
+                process: process(&header.task),
                 status: ExitStatus::from_wait_status(e.exit_status),
+            }
+        }
+        kind @ (Kind::AUSPEX_EVENT_CONNECTION_OPEN
+        | Kind::AUSPEX_EVENT_CONNECTION_CLOSE
+        | Kind::AUSPEX_EVENT_ENDPOINT_OPEN
+        | Kind::AUSPEX_EVENT_ENDPOINT_CLOSE
+        | Kind::AUSPEX_EVENT_UDP_RELEASE) => {
+            let e: sock_event = read_exact(record)?;
+            let sock = Sock::decode(&e, context)?;
+            match kind {
+                Kind::AUSPEX_EVENT_CONNECTION_OPEN => EventKind::ConnectionOpen(sock.connection()),
+                Kind::AUSPEX_EVENT_CONNECTION_CLOSE => {
+                    EventKind::ConnectionClose(sock.connection())
+                }
+                Kind::AUSPEX_EVENT_ENDPOINT_OPEN => EventKind::EndpointOpen(sock.endpoint()),
+                Kind::AUSPEX_EVENT_ENDPOINT_CLOSE => EventKind::EndpointClose(sock.endpoint()),
+                _ => {
+                    return Ok(Decoded::UdpReleased {
+                        time,
+                        sock_id: sock.sock_id,
+                    })
+                }
             }
         }
         Kind(other) => return Err(DecodeError::UnknownKind(other)),
     };
-    Ok(Event {
-        time: clock.to_wall(header.boot_ns),
-        kind,
-    })
+    Ok(Decoded::Event(Event { time, kind }))
+}
+
+/// The fields of a sock_event, checked.
+struct Sock {
+    protocol: Protocol,
+    role: Option<Role>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    netns: u32,
+    sock_id: SockId,
+    process: Option<Process>,
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+impl Sock {
+    fn decode(e: &sock_event, context: &Context) -> Result<Sock, DecodeError> {
+        let protocol = match e.protocol {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => return Err(DecodeError::Inconsistent),
+        };
+        let role = match WireRole(u32::from(e.role)) {
+            WireRole::AUSPEX_ROLE_CLIENT => Some(Role::Client),
+            WireRole::AUSPEX_ROLE_SERVER => Some(Role::Server),
+            _ => None,
+        };
+        let owner_known = e.flags & SockFlags::AUSPEX_SOCK_OWNER_KNOWN.0 != 0;
+        Ok(Sock {
+            protocol,
+            role,
+            local: SocketAddr {
+                ip: ip(e.family, &e.local_addr)?,
+                port: e.local_port,
+            },
+            remote: SocketAddr {
+                ip: ip(e.family, &e.remote_addr)?,
+                port: e.remote_port,
+            },
+            netns: e.netns,
+            sock_id: context.sock_id(e.sock),
+            process: owner_known.then(|| process(&e.hdr.task)),
+        })
+    }
+
+    fn connection(self) -> Connection {
+        Connection {
+            protocol: self.protocol,
+            role: self.role,
+            local: self.local,
+            remote: self.remote,
+            netns: self.netns,
+            sock_id: self.sock_id,
+            process: self.process,
+        }
+    }
+
+    fn endpoint(self) -> Endpoint {
+        Endpoint {
+            protocol: self.protocol,
+            local: self.local,
+            netns: self.netns,
+            sock_id: self.sock_id,
+            process: self.process,
+        }
+    }
+}
+
+/// An address as the kernel keeps it; IPv4-mapped IPv6 shown as IPv4.
+fn ip(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*bytes);
+            Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => Err(DecodeError::Inconsistent),
+    }
 }
 
 fn read_exact<T: Wire>(record: &[u8]) -> Result<T, DecodeError> {
@@ -149,12 +289,12 @@ fn decode_exec(record: &[u8], header: &event_header) -> Result<EventKind, Decode
             args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args)),
             args_truncated: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE))
                 .then(|| has(ExecFlags::AUSPEX_EXEC_ARGS_TRUNCATED)),
-            ..process(header)
+            ..process(&header.task)
         },
     })
 }
 
-fn process(h: &event_header) -> Process {
+fn process(h: &task_info) -> Process {
     Process {
         pid: h.pid,
         tid: h.tid,
@@ -205,8 +345,10 @@ mod tests {
     use crate::wire::bytes_of;
     use chrono::DateTime;
 
-    fn clock() -> BootClock {
-        BootClock::booted_at(DateTime::from_timestamp(1_700_000_000, 0).unwrap())
+    fn context() -> Context {
+        Context::new(BootClock::booted_at(
+            DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        ))
     }
 
     fn header(kind: Kind, size: usize) -> event_header {
@@ -216,14 +358,24 @@ mod tests {
             kind: kind.0,
             size: size as u32,
             boot_ns: 1_500_000_000,
-            pid: 10,
-            tid: 11,
-            ppid: 1,
-            uid: 1000,
-            gid: 100,
-            cgroup_id: 99,
-            comm,
-            ..Default::default()
+            task: task_info {
+                pid: 10,
+                tid: 11,
+                ppid: 1,
+                uid: 1000,
+                gid: 100,
+                cgroup_id: 99,
+                comm,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Decodes a record that must be an event.
+    fn event(record: &[u8], context: &Context) -> Result<Event, DecodeError> {
+        match decode(record, context)? {
+            Decoded::Event(e) => Ok(e),
+            other => panic!("not an event: {other:?}"),
         }
     }
 
@@ -253,7 +405,7 @@ mod tests {
     #[test]
     fn exec_record_decodes_path_and_args() {
         let record = exec_record(b"true\0bin\0usr\0", b"true\0\0a b\0h\xc3\xa9\0", 0);
-        let event = decode(&record, &clock()).unwrap();
+        let event = event(&record, &context()).unwrap();
         assert_eq!(event.time.timestamp(), 1_700_000_001);
         assert_eq!(event.time.timestamp_subsec_nanos(), 500_000_000);
         let EventKind::ProcessExec { process } = event.kind else {
@@ -283,7 +435,7 @@ mod tests {
     fn truncated_and_unreadable_args() {
         let flags = ExecFlags::AUSPEX_EXEC_ARGS_TRUNCATED.0;
         let record = exec_record(b"x\0", b"one\0tw", flags);
-        let EventKind::ProcessExec { process } = decode(&record, &clock()).unwrap().kind else {
+        let EventKind::ProcessExec { process } = event(&record, &context()).unwrap().kind else {
             panic!()
         };
         assert_eq!(process.args, Some(vec!["one".into(), "tw".into()]));
@@ -291,7 +443,7 @@ mod tests {
         assert_eq!(process.exe.as_deref(), Some("/x"));
 
         let record = exec_record(b"", b"", ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE.0);
-        let EventKind::ProcessExec { process } = decode(&record, &clock()).unwrap().kind else {
+        let EventKind::ProcessExec { process } = event(&record, &context()).unwrap().kind else {
             panic!()
         };
         assert_eq!(process.args, None);
@@ -301,7 +453,7 @@ mod tests {
 
     #[test]
     fn exit_record_decodes_status() {
-        let event = decode(&exit_record(3 << 8), &clock()).unwrap();
+        let event = event(&exit_record(3 << 8), &context()).unwrap();
         assert!(matches!(
             event.kind,
             EventKind::ProcessExit {
@@ -315,7 +467,7 @@ mod tests {
     fn every_truncation_of_a_valid_record_is_rejected_without_panic() {
         for record in [exec_record(b"sh\0bin\0", b"sh\0-c\0", 0), exit_record(9)] {
             for len in 0..record.len() {
-                let err = decode(&record[..len], &clock()).unwrap_err();
+                let err = decode(&record[..len], &context()).unwrap_err();
                 assert!(
                     matches!(err, DecodeError::Short | DecodeError::Inconsistent),
                     "{len}: {err:?}"
@@ -330,31 +482,34 @@ mod tests {
         let mut record = exec_record(b"a\0", b"b\0", 0);
         let exe_len_at = offset_of!(exec_event, exe_len);
         record[exe_len_at..exe_len_at + 2].copy_from_slice(&4000u16.to_ne_bytes());
-        assert_eq!(decode(&record, &clock()), Err(DecodeError::Inconsistent));
+        assert_eq!(event(&record, &context()), Err(DecodeError::Inconsistent));
 
         // a kind nobody knows
         let mut record = exit_record(0);
         record[..4].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(decode(&record, &clock()), Err(DecodeError::UnknownKind(77)));
+        assert_eq!(
+            event(&record, &context()),
+            Err(DecodeError::UnknownKind(77))
+        );
 
         // a fixed-size record with trailing bytes its header accounts for
         let mut record = exit_record(0);
         record.extend_from_slice(&[0; 8]);
         let size = record.len() as u32;
         record[4..8].copy_from_slice(&size.to_ne_bytes());
-        assert_eq!(decode(&record, &clock()), Err(DecodeError::Oversized));
+        assert_eq!(event(&record, &context()), Err(DecodeError::Oversized));
 
         // an exec record longer than the largest exec record
         let mut record = vec![0u8; size_of::<exec_event>() + 8];
         record[..4].copy_from_slice(&Kind::AUSPEX_EVENT_EXEC.0.to_ne_bytes());
         let size = record.len() as u32;
         record[4..8].copy_from_slice(&size.to_ne_bytes());
-        assert_eq!(decode(&record, &clock()), Err(DecodeError::Oversized));
+        assert_eq!(event(&record, &context()), Err(DecodeError::Oversized));
     }
 
     #[test]
     fn garbage_is_counted_never_a_panic() {
-        let mut decoder = Decoder::new(clock());
+        let mut decoder = Decoder::new(context());
         // A deterministic pseudo-random stream of records of every length.
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for len in 0..600 {
@@ -372,6 +527,133 @@ mod tests {
         assert_eq!(stats.decoded, 0);
         assert_eq!(stats.rejected(), 600);
         assert_eq!(stats.short, size_of::<event_header>() as u64);
+    }
+
+    fn sock_record(kind: Kind, family: u16, local: &[u8], remote: &[u8], owner: bool) -> Vec<u8> {
+        let mut e = sock_event {
+            hdr: header(kind, size_of::<sock_event>()),
+            sock: 0xffff_8880_1234_5678,
+            netns: 4026531840,
+            family,
+            protocol: 6,
+            role: WireRole::AUSPEX_ROLE_SERVER.0 as u8,
+            local_port: 8080,
+            remote_port: 40000,
+            flags: if owner {
+                SockFlags::AUSPEX_SOCK_OWNER_KNOWN.0
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        e.local_addr[..local.len()].copy_from_slice(local);
+        e.remote_addr[..remote.len()].copy_from_slice(remote);
+        bytes_of(&e).to_vec()
+    }
+
+    #[test]
+    fn sock_records_decode_addresses_roles_and_owner() {
+        let ctx = context();
+        let record = sock_record(
+            Kind::AUSPEX_EVENT_CONNECTION_OPEN,
+            AF_INET,
+            &[10, 0, 0, 1],
+            &[10, 0, 0, 2],
+            true,
+        );
+        let EventKind::ConnectionOpen(c) = event(&record, &ctx).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.protocol, Protocol::Tcp);
+        assert_eq!(c.role, Some(Role::Server));
+        assert_eq!(
+            c.local,
+            SocketAddr {
+                ip: "10.0.0.1".parse().unwrap(),
+                port: 8080
+            }
+        );
+        assert_eq!(
+            c.remote,
+            SocketAddr {
+                ip: "10.0.0.2".parse().unwrap(),
+                port: 40000
+            }
+        );
+        assert_eq!(c.netns, 4026531840);
+        assert_eq!(c.process.unwrap().pid, 10);
+        // The id is stable for one socket and hides the kernel address.
+        let EventKind::ConnectionOpen(again) = event(&record, &ctx).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.sock_id, again.sock_id);
+        assert_ne!(c.sock_id.0, 0xffff_8880_1234_5678);
+
+        // IPv6, with an IPv4-mapped peer shown as IPv4, and no owner.
+        let mapped: Vec<u8> = [[0u8; 10].as_slice(), &[0xff, 0xff, 192, 168, 1, 9]].concat();
+        let local: Vec<u8> = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets().to_vec();
+        let record = sock_record(
+            Kind::AUSPEX_EVENT_CONNECTION_CLOSE,
+            AF_INET6,
+            &local,
+            &mapped,
+            false,
+        );
+        let EventKind::ConnectionClose(c) = event(&record, &ctx).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.local.ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.remote.ip, "192.168.1.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.process, None);
+
+        let record = sock_record(
+            Kind::AUSPEX_EVENT_ENDPOINT_OPEN,
+            AF_INET,
+            &[0; 4],
+            &[0; 4],
+            true,
+        );
+        let EventKind::EndpointOpen(e) = event(&record, &ctx).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            e.local,
+            SocketAddr {
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 8080
+            }
+        );
+
+        let record = sock_record(
+            Kind::AUSPEX_EVENT_UDP_RELEASE,
+            AF_INET,
+            &[0; 4],
+            &[0; 4],
+            true,
+        );
+        assert!(matches!(
+            decode(&record, &ctx),
+            Ok(Decoded::UdpReleased { .. })
+        ));
+
+        // An unknown family or protocol is an inconsistent record.
+        let record = sock_record(
+            Kind::AUSPEX_EVENT_CONNECTION_OPEN,
+            1,
+            &[0; 4],
+            &[0; 4],
+            true,
+        );
+        assert_eq!(decode(&record, &ctx), Err(DecodeError::Inconsistent));
+        let mut record = sock_record(
+            Kind::AUSPEX_EVENT_CONNECTION_OPEN,
+            AF_INET,
+            &[0; 4],
+            &[0; 4],
+            true,
+        );
+        record[offset_of!(sock_event, protocol)] = 99;
+        assert_eq!(decode(&record, &ctx), Err(DecodeError::Inconsistent));
     }
 
     #[test]

@@ -4,19 +4,21 @@
 //! is safe Rust that never sees a BPF type.
 
 pub mod btf;
+mod cgroup;
 mod clock;
+mod core_bpf;
 pub mod decode;
 mod error;
 mod features;
 mod libbpf_log;
 mod privileges;
-mod process_probe;
 mod skel;
+mod udp_sockets;
 mod wire;
 
 pub use clock::BootClock;
+pub use core_bpf::{CoreBpf, Degraded, KernelDrops, ProbeConfig, ProbeStats};
 pub use error::ProbeError;
-pub use process_probe::{KernelDrops, ProbeConfig, ProbeStats, ProcessProbe};
 
 /// Bytes of the argument vector a process event carries at most.
 pub const ARGS_MAX: usize = skel::types::auspex_limits::AUSPEX_ARGS_MAX.0 as usize;

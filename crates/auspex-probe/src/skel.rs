@@ -1,5 +1,14 @@
-//! The skeleton libbpf-cargo generates from `bpf/process.bpf.c`, with the
-//! Rust twins of the record types in `bpf/events.h` under `types`.
+//! The skeletons libbpf-cargo generates from `bpf/*.bpf.c`, with the Rust
+//! twins of the record types in `bpf/events.h` under `types`.
 #![allow(clippy::all, clippy::pedantic, unused_imports, unreachable_pub)]
 
-include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
+pub mod process {
+    include!(concat!(env!("OUT_DIR"), "/process.skel.rs"));
+}
+
+pub mod network {
+    include!(concat!(env!("OUT_DIR"), "/network.skel.rs"));
+}
+
+/// The record types (the same in every skeleton; events.h defines them).
+pub use process::types;

@@ -17,6 +17,7 @@ unsafe impl Wire for types::event_header {}
 unsafe impl Wire for types::exec_event {}
 unsafe impl Wire for types::fork_event {}
 unsafe impl Wire for types::exit_event {}
+unsafe impl Wire for types::sock_event {}
 
 /// Reads a `T` from the start of `bytes`. When `bytes` is shorter than a `T`
 /// (a variable-length record), the missing tail reads as zeros; callers

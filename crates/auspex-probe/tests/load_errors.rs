@@ -1,7 +1,7 @@
 //! Load failures the test machine does not have, made real on one thread
 //! with a seccomp filter: the probe must explain them, not pass on an errno.
 
-use auspex_probe::{ProbeConfig, ProbeError, ProcessProbe};
+use auspex_probe::{CoreBpf, ProbeConfig, ProbeError};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
 /// The error of loading the probe on a fresh thread whose bpf() calls fail with `errno`.
@@ -17,7 +17,7 @@ fn load_error_with_bpf_failing(errno: i32) -> Option<ProbeError> {
         .unwrap();
         let program: BpfProgram = filter.try_into().unwrap();
         seccompiler::apply_filter(&program).unwrap();
-        ProcessProbe::load(&ProbeConfig::default()).err()
+        CoreBpf::load(&ProbeConfig::default()).err()
     })
     .join()
     .unwrap()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use auspex_probe::{ProbeConfig, ProbeStats, ProcessProbe};
+use auspex_probe::{CoreBpf, ProbeConfig, ProbeStats};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::RunArgs;
@@ -25,16 +25,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => JsonLines::create(path)?,
         None => JsonLines::stdout(),
     };
-    let mut probe = ProcessProbe::load(&ProbeConfig {
+    let mut probe = CoreBpf::load(&ProbeConfig {
         btf_file: args.btf.clone(),
         ring_buffer_bytes: args.ring_buffer_size,
     })?;
+    for d in probe.degraded() {
+        tracing::warn!(feature = d.feature, "running without it: {}", d.reason);
+    }
     tracing::info!(
         method = "core_bpf",
         programs = probe.attached(),
         btf = %args.btf.as_ref().map_or("kernel".into(), |p| p.display().to_string()),
         output = %args.output.as_ref().map_or("stdout".into(), |p| p.display().to_string()),
-        "process probe attached; writing JSON lines"
+        "probes attached; writing JSON lines"
     );
     let started = Instant::now();
 
@@ -64,18 +67,23 @@ fn summary(sink: &JsonLines, stats: &ProbeStats, elapsed: Duration) -> String {
     let k = &stats.kernel_drops;
     format!(
         "{total} events in {:.1} s ({}); dropped {}: ring buffer full {} (exec {}, fork {}, \
-         exit {}), undecodable records {}",
+         exit {}, network {}), undecodable records {}; incomplete: socket maps full {}, \
+         connected UDP unresolved {}, UDP sockets forgotten {}",
         elapsed.as_secs_f64(),
         if by_type.is_empty() {
             "none".to_string()
         } else {
             by_type.join(", ")
         },
-        k.total() + stats.decode.rejected(),
-        k.total(),
+        k.records() + stats.decode.rejected(),
+        k.records(),
         k.exec,
         k.fork,
         k.exit,
+        k.network,
         stats.decode.rejected(),
+        k.socket_maps_full,
+        k.udp_connect_unresolved,
+        stats.udp_sockets_forgotten,
     )
 }

@@ -50,7 +50,7 @@ impl Agent {
             _dir: dir,
         };
         agent.wait_until("the probe is attached", |a| {
-            a.stderr_text().contains("process probe attached")
+            a.stderr_text().contains("probes attached")
         });
         agent
     }

@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Network probe of the core_bpf method: TCP connections and listeners from
+ * the inet_sock_set_state tracepoint, UDP flows and bound UDP sockets from
+ * cgroup socket hooks. No syscall hook of any kind: TCP pays only on state
+ * changes, UDP only on sends and receives that carry an address, binds,
+ * connects and closes.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#include "events.h"
+#include "output.h"
+#include "task.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define CLOCK_MONOTONIC 1
+
+/* The owner and role of each TCP socket we reported (or are about to), so
+ * that events raised in softirq context, where `current` is whoever
+ * happened to run, are attributed to the right process. */
+struct sock_owner {
+	struct task_info task;
+	__u32 role;
+	/* A listener's port: by the time a listener's close is traced the
+	 * kernel may have released its port already. */
+	__u16 port;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+/* Who listens on a port: an accepted connection is attributed to the
+ * listener's owner, as the kernel creates it in softirq context before
+ * any process accepts it. */
+struct listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 family;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct listener_key);
+	__type(value, struct task_info);
+} listeners SEC(".maps");
+
+enum udp_sock_flags {
+	/* bind() asked for a specific port: a server's socket. */
+	UDP_WANTS_ENDPOINT = 1,
+	/* connect() was called; the open is reported once the kernel has
+	 * given the socket its local port, right after the hook returns. */
+	UDP_CONNECT_PENDING = 2,
+};
+
+struct udp_sock_state {
+	struct task_info owner;
+	/* Distinguishes this socket's flows from those of an earlier socket
+	 * at the same address. */
+	__u64 gen;
+	__u32 flags;
+	__u32 tries;
+	struct bpf_timer timer;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct udp_sock_state);
+} udp_socks SEC(".maps");
+
+struct udp_flow_key {
+	__u64 gen;
+	__u8 addr[16];
+	__u16 port;
+	__u16 family;
+	__u32 _pad;
+};
+
+/* (socket, peer) pairs already reported: one open per pair, not one event
+ * per datagram. LRU: a forgotten pair is reported again, never lost. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct udp_flow_key);
+	__type(value, __u8);
+} udp_flows SEC(".maps");
+
+static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u32 kind,
+				      __u8 role)
+{
+	e->hdr.kind = kind;
+	e->hdr.size = sizeof(*e);
+	e->hdr.boot_ns = bpf_ktime_get_boot_ns();
+	e->sock = (__u64)sk;
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* A bitfield before 5.6, a u16 since: the probed read handles both. */
+	e->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	e->role = role;
+	e->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
+	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
+	if (e->family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)e->local_addr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)e->remote_addr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&e->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&e->remote_addr, sk, __sk_common.skc_v6_daddr);
+	}
+	e->flags = 0;
+}
+
+static __always_inline void set_owner(struct sock_event *e, struct task_info *owner)
+{
+	if (owner) {
+		e->hdr.task = *owner;
+		e->flags |= AUSPEX_SOCK_OWNER_KNOWN;
+	} else {
+		__builtin_memset(&e->hdr.task, 0, sizeof(e->hdr.task));
+	}
+}
+
+static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
+				      struct task_info *owner)
+{
+	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(AUSPEX_DROP_RINGBUF_NET);
+		return;
+	}
+	fill_sock(e, sk, kind, role);
+	set_owner(e, owner);
+	bpf_ringbuf_submit(e, wakeup_flag());
+}
+
+/* The calling task; only meaningful in process context. */
+static __always_inline void current_task(struct task_info *info)
+{
+	fill_task(info, bpf_get_current_task_btf());
+}
+
+static __always_inline struct listener_key listener_of(struct sock *sk)
+{
+	struct listener_key key = {
+		.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
+		.port = BPF_CORE_READ(sk, __sk_common.skc_num),
+		.family = BPF_CORE_READ(sk, __sk_common.skc_family),
+	};
+	return key;
+}
+
+static __always_inline void remember_owner(__u64 *sk, struct task_info *task, __u32 role,
+					   __u16 port)
+{
+	struct sock_owner owner = { .task = *task, .role = role, .port = port };
+
+	if (bpf_map_update_elem(&sock_owners, sk, &owner, BPF_ANY))
+		count(AUSPEX_DROP_SOCK_OWNERS_FULL);
+}
+
+/* The owner of a socket we saw start, or NULL. */
+static __always_inline struct task_info *known_owner(__u64 *sk, __u8 *role)
+{
+	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, sk);
+
+	if (!owner)
+		return NULL;
+	*role = owner->role;
+	return &owner->task;
+}
+
+/*
+ * TCP. The transitions that matter, and the context each runs in:
+ *   CLOSE -> SYN_SENT       connect(), process context: remember the owner
+ *   SYN_SENT -> ESTABLISHED handshake done (often softirq): client open
+ *   SYN_SENT -> CLOSE       refused or failed: forget, report nothing
+ *   CLOSE -> LISTEN         listen(), process context: endpoint open
+ *   LISTEN -> CLOSE         endpoint close (LISTEN -> SYN_RECV is a new
+ *                           request socket cloned from the listener)
+ *   SYN_RECV -> ESTABLISHED a connection to a listener completes (softirq):
+ *                           server open, owned by the listener's owner
+ *   ESTABLISHED -> any      either side closed or reset: connection close
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+
+	__u64 key = (__u64)sk;
+	struct task_info owner;
+	__u8 role = AUSPEX_ROLE_UNKNOWN;
+
+	if (newstate == TCP_SYN_SENT) {
+		current_task(&owner);
+		remember_owner(&key, &owner, AUSPEX_ROLE_CLIENT, 0);
+	} else if (newstate == TCP_LISTEN) {
+		struct listener_key lkey = listener_of(sk);
+
+		current_task(&owner);
+		remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, lkey.port);
+		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
+			count(AUSPEX_DROP_LISTENERS_FULL);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner);
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
+		/* (A connection request cloned from a listener also starts as
+		 * LISTEN, moving to SYN_RECV: not a listener closing.) */
+		struct sock_owner *known = bpf_map_lookup_elem(&sock_owners, &key);
+		struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+		if (e) {
+			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER);
+			set_owner(e, known ? &known->task : NULL);
+			if (known && known->port)
+				e->local_port = known->port;
+			bpf_ringbuf_submit(e, wakeup_flag());
+		} else {
+			count(AUSPEX_DROP_RINGBUF_NET);
+		}
+		if (known) {
+			struct listener_key lkey = listener_of(sk);
+
+			lkey.port = known->port;
+			bpf_map_delete_elem(&listeners, &lkey);
+		}
+		bpf_map_delete_elem(&sock_owners, &key);
+	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT,
+			  known_owner(&key, &role));
+	} else if (oldstate == TCP_SYN_SENT) {
+		bpf_map_delete_elem(&sock_owners, &key);
+	} else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		struct listener_key lkey = listener_of(sk);
+		struct task_info *listener = bpf_map_lookup_elem(&listeners, &lkey);
+
+		if (listener) {
+			owner = *listener;
+			remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, 0);
+		}
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_SERVER,
+			  listener ? &owner : NULL);
+	} else if (oldstate == TCP_ESTABLISHED) {
+		/* The role is unknown only for a connection that predates the
+		 * probe. */
+		struct task_info *known = known_owner(&key, &role);
+
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known);
+		bpf_map_delete_elem(&sock_owners, &key);
+	}
+	return 0;
+}
+
+/*
+ * The kernel socket behind a cgroup hook's bpf_sock, as a plain pointer for
+ * CO-RE reads. The verifier forbids arithmetic on socket pointers, and
+ * every field read is arithmetic; copying the pointer through a helper
+ * makes it an ordinary number (allowed to privileged loaders).
+ */
+static __always_inline struct sock *kernel_sock(struct bpf_sock *bsk)
+{
+	struct bpf_sock *slot = bsk;
+	__u64 address = 0;
+
+	bpf_probe_read_kernel(&address, sizeof(address), &slot);
+	return (struct sock *)address;
+}
+
+/*
+ * UDP. A UDP socket's state is its entry in udp_socks, created the first
+ * time a process-context hook sees it (so the owner is the process that
+ * used it first) and deleted when it is released.
+ */
+static __always_inline struct udp_sock_state *udp_state(struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
+
+	if (st)
+		return st;
+
+	struct udp_sock_state fresh = {};
+
+	current_task(&fresh.owner);
+	fresh.gen = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&udp_socks, &key, &fresh, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&udp_socks, &key)) {
+		count(AUSPEX_DROP_UDP_SOCKS_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&udp_socks, &key);
+}
+
+/* `family` is the hook's (a constant): a v4 hook may not even read the
+ * v6 fields of its context. */
+static __always_inline void flow_key_of(struct udp_flow_key *fk, struct bpf_sock_addr *ctx,
+					__u64 gen, __u16 family)
+{
+	__builtin_memset(fk, 0, sizeof(*fk));
+	fk->gen = gen;
+	fk->port = bpf_ntohs(ctx->user_port);
+	fk->family = family;
+	if (family == AF_INET) {
+		__u32 ip = ctx->user_ip4;
+
+		__builtin_memcpy(fk->addr, &ip, 4);
+	} else {
+		__u32 ip6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+				 ctx->user_ip6[3] };
+
+		__builtin_memcpy(fk->addr, ip6, 16);
+	}
+}
+
+/* A datagram to or from a peer named in the call: report the pair once. */
+static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 family)
+{
+	struct bpf_sock *bsk = ctx->sk;
+
+	if (!bsk || bsk->protocol != IPPROTO_UDP)
+		return 1;
+	struct sock *sk = kernel_sock(bsk);
+	struct udp_sock_state *st = udp_state(sk);
+
+	if (!st)
+		return 1;
+	struct udp_flow_key fk;
+	__u8 seen = 1;
+
+	flow_key_of(&fk, ctx, st->gen, family);
+	if (bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
+		return 1;
+
+	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(AUSPEX_DROP_RINGBUF_NET);
+		return 1;
+	}
+	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role);
+	/* The peer is the datagram's, not the socket's (it has none). An
+	 * IPv6 socket may talk to an IPv4 peer: write it IPv4-mapped. */
+	if (e->family == AF_INET6 && family == AF_INET) {
+		__builtin_memset(e->remote_addr, 0, 10);
+		e->remote_addr[10] = 0xff;
+		e->remote_addr[11] = 0xff;
+		__builtin_memcpy(&e->remote_addr[12], fk.addr, 4);
+	} else {
+		__builtin_memcpy(e->remote_addr, fk.addr, sizeof(e->remote_addr));
+	}
+	e->remote_port = fk.port;
+	set_owner(e, &st->owner);
+	bpf_ringbuf_submit(e, wakeup_flag());
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int udp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET);
+}
+
+SEC("cgroup/sendmsg6")
+int udp_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET6);
+}
+
+SEC("cgroup/recvmsg4")
+int udp_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET);
+}
+
+SEC("cgroup/recvmsg6")
+int udp_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET6);
+}
+
+/* Runs from the timer armed by connect: reports the connected socket once
+ * the kernel has finished connect() and given it a local port. */
+static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
+{
+	struct sock *sk = (struct sock *)*key;
+
+	if (!(st->flags & UDP_CONNECT_PENDING))
+		return 0;
+	if (BPF_CORE_READ(sk, __sk_common.skc_num) && BPF_CORE_READ(sk, __sk_common.skc_dport)) {
+		st->flags &= ~UDP_CONNECT_PENDING;
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner);
+	} else if (++st->tries < 100) {
+		bpf_timer_start(&st->timer, 1000000 /* 1 ms */, 0);
+	} else {
+		st->flags &= ~UDP_CONNECT_PENDING;
+		count(AUSPEX_DROP_UDP_CONNECT_UNRESOLVED);
+	}
+	return 0;
+}
+
+/* connect() on a UDP socket makes it a connection to one peer. The hook
+ * runs before the kernel binds the socket, so the open is reported from a
+ * timer a moment later (or at release, whichever comes first). */
+static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
+{
+	struct bpf_sock *bsk = ctx->sk;
+
+	if (!bsk || bsk->protocol != IPPROTO_UDP)
+		return 1;
+	struct sock *sk = kernel_sock(bsk);
+	struct udp_sock_state *st = udp_state(sk);
+
+	if (!st)
+		return 1;
+	/* Later datagrams from this peer are part of this connection. */
+	struct udp_flow_key fk;
+	__u8 seen = 1;
+
+	flow_key_of(&fk, ctx, st->gen, family);
+	bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_ANY);
+
+	st->flags |= UDP_CONNECT_PENDING;
+	st->tries = 0;
+	bpf_timer_init(&st->timer, &udp_socks, CLOCK_MONOTONIC);
+	bpf_timer_set_callback(&st->timer, udp_connect_done);
+	bpf_timer_start(&st->timer, 0, 0);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int udp_connect4(struct bpf_sock_addr *ctx)
+{
+	return udp_connect(ctx, AF_INET);
+}
+
+SEC("cgroup/connect6")
+int udp_connect6(struct bpf_sock_addr *ctx)
+{
+	return udp_connect(ctx, AF_INET6);
+}
+
+/* bind() to a specific port marks a UDP server; post_bind reports it once
+ * the bind succeeded. (post_bind alone cannot tell a requested port from an
+ * ephemeral one.) */
+static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *bsk = ctx->sk;
+
+	if (!bsk || bsk->protocol != IPPROTO_UDP || !ctx->user_port)
+		return 1;
+	struct udp_sock_state *st = udp_state(kernel_sock(bsk));
+
+	if (st)
+		st->flags |= UDP_WANTS_ENDPOINT;
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int udp_bind4(struct bpf_sock_addr *ctx)
+{
+	return udp_bind(ctx);
+}
+
+SEC("cgroup/bind6")
+int udp_bind6(struct bpf_sock_addr *ctx)
+{
+	return udp_bind(ctx);
+}
+
+static __always_inline int udp_post_bind(struct bpf_sock *bsk)
+{
+	if (bsk->protocol != IPPROTO_UDP)
+		return 1;
+	struct sock *sk = kernel_sock(bsk);
+	__u64 key = (__u64)sk;
+	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
+
+	if (st && (st->flags & UDP_WANTS_ENDPOINT))
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int udp_post_bind4(struct bpf_sock *bsk)
+{
+	return udp_post_bind(bsk);
+}
+
+SEC("cgroup/post_bind6")
+int udp_post_bind6(struct bpf_sock *bsk)
+{
+	return udp_post_bind(bsk);
+}
+
+/* The socket is closed: report a connect still pending, then tell
+ * userspace, which closes every flow and endpoint it reported for it. */
+SEC("cgroup/sock_release")
+int udp_release(struct bpf_sock *bsk)
+{
+	if (bsk->protocol != IPPROTO_UDP)
+		return 1;
+	struct sock *sk = kernel_sock(bsk);
+	__u64 key = (__u64)sk;
+	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
+
+	if (!st)
+		return 1;
+
+	if (st->flags & UDP_CONNECT_PENDING)
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner);
+	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner);
+	bpf_map_delete_elem(&udp_socks, &key);
+	return 1;
+}

@@ -1,0 +1,152 @@
+//! UDP has no close handshake: the kernel only says that a UDP socket was
+//! released, and this turns that into a close for every connection and
+//! endpoint reported open for the socket.
+
+use std::collections::HashMap;
+
+use auspex_events::{Connection, Endpoint, Event, EventKind, Protocol, SockId};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Default)]
+struct Reported {
+    connections: Vec<Connection>,
+    endpoint: Option<Endpoint>,
+}
+
+/// The UDP connections and endpoints reported open, by socket. Bounded: at
+/// capacity an arbitrary socket is forgotten (its closes will not be
+/// reported), and counted.
+#[derive(Debug)]
+pub struct UdpSockets {
+    open: HashMap<SockId, Reported>,
+    capacity: usize,
+    forgotten: u64,
+}
+
+impl UdpSockets {
+    pub fn new(capacity: usize) -> Self {
+        UdpSockets {
+            open: HashMap::new(),
+            capacity,
+            forgotten: 0,
+        }
+    }
+
+    /// Remembers a UDP open from the event stream.
+    pub fn observe(&mut self, event: &Event) {
+        let sock_id = match &event.kind {
+            EventKind::ConnectionOpen(c) if c.protocol == Protocol::Udp => c.sock_id,
+            EventKind::EndpointOpen(e) if e.protocol == Protocol::Udp => e.sock_id,
+            _ => return,
+        };
+        if !self.open.contains_key(&sock_id) && self.open.len() >= self.capacity {
+            if let Some(victim) = self.open.keys().next().copied() {
+                self.open.remove(&victim);
+                self.forgotten += 1;
+            }
+        }
+        let reported = self.open.entry(sock_id).or_default();
+        match &event.kind {
+            EventKind::ConnectionOpen(c) => reported.connections.push(c.clone()),
+            EventKind::EndpointOpen(e) => reported.endpoint = Some(e.clone()),
+            _ => {}
+        }
+    }
+
+    /// The closes owed for a released socket.
+    pub fn release(&mut self, sock_id: SockId, time: DateTime<Utc>) -> Vec<Event> {
+        let Some(reported) = self.open.remove(&sock_id) else {
+            return Vec::new();
+        };
+        let connections = reported
+            .connections
+            .into_iter()
+            .map(EventKind::ConnectionClose);
+        let endpoint = reported.endpoint.into_iter().map(EventKind::EndpointClose);
+        connections
+            .chain(endpoint)
+            .map(|kind| Event { time, kind })
+            .collect()
+    }
+
+    /// Sockets forgotten because the table was full.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auspex_events::{Role, SocketAddr};
+
+    fn addr(s: &str) -> SocketAddr {
+        let a: std::net::SocketAddr = s.parse().unwrap();
+        SocketAddr {
+            ip: a.ip(),
+            port: a.port(),
+        }
+    }
+
+    fn open(sock: u64, protocol: Protocol, peer: &str) -> Event {
+        Event {
+            time: DateTime::from_timestamp(1, 0).unwrap(),
+            kind: EventKind::ConnectionOpen(Connection {
+                protocol,
+                role: Some(Role::Client),
+                local: addr("10.0.0.1:5000"),
+                remote: addr(peer),
+                netns: 1,
+                sock_id: SockId(sock),
+                process: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn release_closes_every_flow_and_the_endpoint_once() {
+        let mut udp = UdpSockets::new(16);
+        udp.observe(&open(1, Protocol::Udp, "10.0.0.2:53"));
+        udp.observe(&open(1, Protocol::Udp, "10.0.0.3:53"));
+        udp.observe(&open(2, Protocol::Udp, "10.0.0.4:53"));
+        udp.observe(&open(3, Protocol::Tcp, "10.0.0.5:80"));
+        udp.observe(&Event {
+            time: DateTime::from_timestamp(1, 0).unwrap(),
+            kind: EventKind::EndpointOpen(Endpoint {
+                protocol: Protocol::Udp,
+                local: addr("0.0.0.0:5000"),
+                netns: 1,
+                sock_id: SockId(1),
+                process: None,
+            }),
+        });
+        let t = DateTime::from_timestamp(9, 0).unwrap();
+        let closes = udp.release(SockId(1), t);
+        let names: Vec<&str> = closes.iter().map(|e| e.kind.name()).collect();
+        assert_eq!(
+            names,
+            ["connection_close", "connection_close", "endpoint_close"]
+        );
+        let EventKind::ConnectionClose(c) = &closes[1].kind else {
+            panic!()
+        };
+        assert_eq!(c.remote, addr("10.0.0.3:53"));
+        assert!(closes.iter().all(|e| e.time == t));
+        assert!(udp.release(SockId(1), t).is_empty(), "closed twice");
+        assert!(
+            udp.release(SockId(3), t).is_empty(),
+            "TCP is not tracked here"
+        );
+        assert_eq!(udp.release(SockId(2), t).len(), 1);
+    }
+
+    #[test]
+    fn capacity_is_bounded_and_counted() {
+        let mut udp = UdpSockets::new(2);
+        for sock in 0..5 {
+            udp.observe(&open(sock, Protocol::Udp, "10.0.0.2:53"));
+        }
+        assert_eq!(udp.forgotten(), 3);
+        assert_eq!(udp.open.len(), 2);
+    }
+}
