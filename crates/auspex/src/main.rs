@@ -1,6 +1,7 @@
 //! The Auspex node agent.
 
 mod cli;
+mod pipeline;
 mod run;
 mod sink;
 

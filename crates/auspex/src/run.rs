@@ -10,6 +10,7 @@ use auspex_probe::{CoreBpf, ProbeConfig, ProbeStats};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::RunArgs;
+use crate::pipeline::Pipeline;
 use crate::sink::JsonLines;
 
 /// How long one poll may wait; bounds how late a stop request is noticed.
@@ -21,7 +22,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install the signal handlers")?;
     }
-    let mut sink = match &args.output {
+    let sink = match &args.output {
         Some(path) => JsonLines::create(path)?,
         None => JsonLines::stdout(),
     };
@@ -41,18 +42,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
     let started = Instant::now();
 
-    while !stop.load(Ordering::Relaxed) && !sink.failed() {
-        probe.poll(POLL_INTERVAL, &mut |e| sink.write(&e))?;
-        sink.flush();
+    let mut pipeline = Pipeline::new(sink);
+    while !stop.load(Ordering::Relaxed) && !pipeline.sink.failed() {
+        probe.poll(POLL_INTERVAL, &mut |e| pipeline.deliver(e))?;
+        pipeline.sink.flush();
     }
     // What the kernel produced before the stop is still owed to the reader.
-    probe.drain(&mut |e| sink.write(&e))?;
-    sink.flush();
+    probe.drain(&mut |e| pipeline.deliver(e))?;
+    pipeline.sink.flush();
     let stats = probe.stats()?;
     drop(probe);
 
-    eprintln!("auspex: {}", summary(&sink, &stats, started.elapsed()));
-    match sink.take_error() {
+    eprintln!("auspex: {}", summary(&pipeline, &stats, started.elapsed()));
+    match pipeline.sink.take_error() {
         // The reader went away (`auspex run | head`): a normal way to stop.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Some(e) => Err(e).context("writing events failed"),
@@ -60,15 +62,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn summary(sink: &JsonLines, stats: &ProbeStats, elapsed: Duration) -> String {
-    let written = sink.written();
+fn summary(pipeline: &Pipeline, stats: &ProbeStats, elapsed: Duration) -> String {
+    let written = pipeline.sink.written();
     let total: u64 = written.values().sum();
     let by_type: Vec<String> = written.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let k = &stats.kernel_drops;
     format!(
         "{total} events in {:.1} s ({}); dropped {}: ring buffer full {} (exec {}, fork {}, \
          exit {}, network {}), undecodable records {}; incomplete: socket maps full {}, \
-         connected UDP unresolved {}, UDP sockets forgotten {}",
+         connected UDP unresolved {}, UDP sockets forgotten {}, processes forgotten {}",
         elapsed.as_secs_f64(),
         if by_type.is_empty() {
             "none".to_string()
@@ -85,5 +87,6 @@ fn summary(sink: &JsonLines, stats: &ProbeStats, elapsed: Duration) -> String {
         k.socket_maps_full,
         k.udp_connect_unresolved,
         stats.udp_sockets_forgotten,
+        pipeline.processes_evicted(),
     )
 }

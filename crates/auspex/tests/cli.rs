@@ -202,6 +202,59 @@ fn sigterm_stops_cleanly_and_btf_file_copy_works() {
     );
 }
 
+#[test]
+fn network_events_name_the_owning_processes_and_their_executables() {
+    let agent = Agent::start(&[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The client says which executable it runs (python3 may be a wrapper).
+    let script = format!(
+        "import os, socket; print(os.readlink('/proc/self/exe'), flush=True); \
+         s = socket.create_connection(('127.0.0.1', {port})); s.recv(1); s.close()"
+    );
+    let mut client = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client_exe = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut client_exe)
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    drop(conn);
+    client.wait().unwrap();
+
+    let client_open = agent.event("connection_open", client.id());
+    assert_eq!(client_open["protocol"], "tcp", "{client_open}");
+    assert_eq!(client_open["role"], "client", "{client_open}");
+    assert_eq!(
+        client_open["remote"],
+        json!({"ip": "127.0.0.1", "port": port}),
+        "{client_open}"
+    );
+    assert_eq!(
+        client_open["process"]["exe"],
+        client_exe.trim_end(),
+        "{client_open}"
+    );
+
+    // The server side belongs to this test process, which started before
+    // the agent: its exe comes from /proc.
+    let me = std::process::id();
+    let server_open = agent.event("connection_open", me);
+    assert_eq!(server_open["role"], "server", "{server_open}");
+    assert_eq!(server_open["local"]["port"], port, "{server_open}");
+    let test_exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    assert_eq!(
+        server_open["process"]["exe"],
+        test_exe.to_str().unwrap(),
+        "{server_open}"
+    );
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
 /// Runs auspex to completion (it must fail) and returns its output.
 fn run_failing(command: &mut Command) -> (i32, String) {
     let Output {
