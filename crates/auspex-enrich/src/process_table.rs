@@ -66,7 +66,7 @@ impl<P: ProcFs> ProcessTable<P> {
             _ => {}
         }
         let exiting = matches!(event.kind, EventKind::ProcessExit { .. });
-        if let Some(process) = process_mut(&mut event.kind) {
+        if let Some(process) = event.kind.process_mut() {
             if process.exe.is_none() {
                 process.exe = self.lookup(process.pid);
             }
@@ -108,16 +108,6 @@ impl<P: ProcFs> ProcessTable<P> {
             }
         }
         self.exe_by_pid.insert(pid, exe);
-    }
-}
-
-fn process_mut(kind: &mut EventKind) -> Option<&mut auspex_events::Process> {
-    match kind {
-        EventKind::ProcessExec { process }
-        | EventKind::ProcessFork { process, .. }
-        | EventKind::ProcessExit { process, .. } => Some(process),
-        EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => c.process.as_mut(),
-        EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_mut(),
     }
 }
 

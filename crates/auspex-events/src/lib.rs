@@ -71,6 +71,16 @@ impl EventKind {
             EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_ref(),
         }
     }
+
+    pub fn process_mut(&mut self) -> Option<&mut Process> {
+        match self {
+            EventKind::ProcessExec { process }
+            | EventKind::ProcessFork { process, .. }
+            | EventKind::ProcessExit { process, .. } => Some(process),
+            EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => c.process.as_mut(),
+            EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_mut(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -329,23 +329,32 @@ static __always_inline void flow_key_of(struct udp_flow_key *fk, struct bpf_sock
 	}
 }
 
-/* A datagram to or from a peer named in the call: report the pair once. */
-static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 family)
+/* The UDP socket of an address hook, its state, and the (socket, peer)
+ * key of the address in the call; NULL for other sockets. */
+static __always_inline struct udp_sock_state *udp_hook(struct bpf_sock_addr *ctx, __u16 family,
+						       struct sock **sk, struct udp_flow_key *fk)
 {
 	struct bpf_sock *bsk = ctx->sk;
 
 	if (!bsk || bsk->protocol != IPPROTO_UDP)
-		return 1;
-	struct sock *sk = kernel_sock(bsk);
-	struct udp_sock_state *st = udp_state(sk);
+		return NULL;
+	*sk = kernel_sock(bsk);
+	struct udp_sock_state *st = udp_state(*sk);
 
-	if (!st)
-		return 1;
+	if (st)
+		flow_key_of(fk, ctx, st->gen, family);
+	return st;
+}
+
+/* A datagram to or from a peer named in the call: report the pair once. */
+static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 family)
+{
+	struct sock *sk;
 	struct udp_flow_key fk;
+	struct udp_sock_state *st = udp_hook(ctx, family, &sk, &fk);
 	__u8 seen = 1;
 
-	flow_key_of(&fk, ctx, st->gen, family);
-	if (bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
+	if (!st || bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
 		return 1;
 
 	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -420,20 +429,14 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
  * timer a moment later (or at release, whichever comes first). */
 static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
 {
-	struct bpf_sock *bsk = ctx->sk;
-
-	if (!bsk || bsk->protocol != IPPROTO_UDP)
-		return 1;
-	struct sock *sk = kernel_sock(bsk);
-	struct udp_sock_state *st = udp_state(sk);
+	struct sock *sk;
+	struct udp_flow_key fk;
+	struct udp_sock_state *st = udp_hook(ctx, family, &sk, &fk);
+	__u8 seen = 1;
 
 	if (!st)
 		return 1;
 	/* Later datagrams from this peer are part of this connection. */
-	struct udp_flow_key fk;
-	__u8 seen = 1;
-
-	flow_key_of(&fk, ctx, st->gen, family);
 	bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_ANY);
 
 	st->flags |= UDP_CONNECT_PENDING;

@@ -226,34 +226,44 @@ fn own_netns() -> u32 {
     netns_of("/proc/self/ns/net")
 }
 
-fn tcp_both_sides(host: &str) {
+/// Where a peer runs: a named network namespace (None: this one), and
+/// that namespace's id.
+struct Side<'a> {
+    netns_name: Option<&'a str>,
+    netns: u32,
+}
+
+/// A TCP connection from `client` to a listener on `host` in `server`,
+/// closed by the client, then the listener closed: exactly six events.
+fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
     let mut h = Harness::start();
-    let ns = own_netns();
-    let mut server = Peer::spawn(&["tcp-server", host, "0"]);
-    let listening = server.read()["listening"].clone();
-    let mut client = Peer::spawn(&["tcp-client", host, &port(&listening)]);
-    let c = client.read();
-    let s = server.read();
-    client.go();
-    assert_eq!(client.read()["done"], true);
-    assert_eq!(server.read()["closed"], true);
-    server.go();
-    assert_eq!(server.read()["done"], true);
-    let (server_pid, client_pid) = (server.pid(), client.pid());
-    server.finish();
-    client.finish();
+    let mut server_peer = Peer::spawn_in(server.netns_name, &["tcp-server", host, "0"]);
+    let listening = server_peer.read()["listening"].clone();
+    let mut client_peer =
+        Peer::spawn_in(client.netns_name, &["tcp-client", host, &port(&listening)]);
+    let c = client_peer.read();
+    let s = server_peer.read();
+    client_peer.go();
+    assert_eq!(client_peer.read()["done"], true);
+    assert_eq!(server_peer.read()["closed"], true);
+    server_peer.go();
+    assert_eq!(server_peer.read()["done"], true);
+    let (server_pid, client_pid) = (server_peer.pid(), client_peer.pid());
+    server_peer.finish();
+    client_peer.finish();
 
     let listen = socket_addr(&listening);
     let client_local = socket_addr(&c["local"]);
     let server_local = socket_addr(&s["local"]);
     assert_eq!(socket_addr(&s["accepted"]), client_local);
-    let last = endpoint("endpoint_close", "tcp", &listen, server_pid, ns);
+    let (sns, cns) = (server.netns, client.netns);
+    let last = endpoint("endpoint_close", "tcp", &listen, server_pid, sns);
     assert_network_events(
         &mut h,
         &[listen.port],
         &last,
         vec![
-            endpoint("endpoint_open", "tcp", &listen, server_pid, ns),
+            endpoint("endpoint_open", "tcp", &listen, server_pid, sns),
             conn(
                 "connection_open",
                 "tcp",
@@ -261,7 +271,7 @@ fn tcp_both_sides(host: &str) {
                 &client_local,
                 &server_local,
                 client_pid,
-                ns,
+                cns,
             ),
             conn(
                 "connection_open",
@@ -270,7 +280,7 @@ fn tcp_both_sides(host: &str) {
                 &server_local,
                 &client_local,
                 server_pid,
-                ns,
+                sns,
             ),
             conn(
                 "connection_close",
@@ -279,7 +289,7 @@ fn tcp_both_sides(host: &str) {
                 &client_local,
                 &server_local,
                 client_pid,
-                ns,
+                cns,
             ),
             conn(
                 "connection_close",
@@ -288,21 +298,28 @@ fn tcp_both_sides(host: &str) {
                 &server_local,
                 &client_local,
                 server_pid,
-                ns,
+                sns,
             ),
             last.clone(),
         ],
     );
 }
 
+fn here() -> Side<'static> {
+    Side {
+        netns_name: None,
+        netns: own_netns(),
+    }
+}
+
 #[test]
 fn tcp_over_ipv4_loopback_both_sides_open_and_close() {
-    tcp_both_sides("127.0.0.1");
+    tcp_both_sides("127.0.0.1", here(), here());
 }
 
 #[test]
 fn tcp_over_ipv6_loopback_both_sides_open_and_close() {
-    tcp_both_sides("::1");
+    tcp_both_sides("::1", here(), here());
 }
 
 #[test]
@@ -635,80 +652,16 @@ impl Drop for VethPair {
 
 #[test]
 fn tcp_between_two_network_namespaces_has_their_addresses_and_ids() {
-    let mut h = Harness::start();
     let veth = VethPair::create(&std::process::id().to_string(), "10.213.77");
     let [ns_a, ns_b] = &veth.names;
-    let (id_a, id_b) = (
-        netns_of(&format!("/run/netns/{ns_a}")),
-        netns_of(&format!("/run/netns/{ns_b}")),
-    );
-    assert_ne!(id_a, id_b);
-
-    let mut server = Peer::spawn_in(Some(ns_a), &["tcp-server", "10.213.77.1", "0"]);
-    let listening = server.read()["listening"].clone();
-    let mut client = Peer::spawn_in(
-        Some(ns_b),
-        &["tcp-client", "10.213.77.1", &port(&listening)],
-    );
-    let c = client.read();
-    let s = server.read();
-    client.go();
-    client.read();
-    server.read();
-    server.go();
-    server.read();
-    let (server_pid, client_pid) = (server.pid(), client.pid());
-    server.finish();
-    client.finish();
-
-    let listen = socket_addr(&listening);
-    let client_local = socket_addr(&c["local"]);
-    let server_local = socket_addr(&s["local"]);
-    assert_eq!(client_local.ip, "10.213.77.2".parse::<IpAddr>().unwrap());
-    let last = endpoint("endpoint_close", "tcp", &listen, server_pid, id_a);
-    assert_network_events(
-        &mut h,
-        &[listen.port],
-        &last,
-        vec![
-            endpoint("endpoint_open", "tcp", &listen, server_pid, id_a),
-            conn(
-                "connection_open",
-                "tcp",
-                "client",
-                &client_local,
-                &server_local,
-                client_pid,
-                id_b,
-            ),
-            conn(
-                "connection_open",
-                "tcp",
-                "server",
-                &server_local,
-                &client_local,
-                server_pid,
-                id_a,
-            ),
-            conn(
-                "connection_close",
-                "tcp",
-                "client",
-                &client_local,
-                &server_local,
-                client_pid,
-                id_b,
-            ),
-            conn(
-                "connection_close",
-                "tcp",
-                "server",
-                &server_local,
-                &client_local,
-                server_pid,
-                id_a,
-            ),
-            last.clone(),
-        ],
-    );
+    let server = Side {
+        netns_name: Some(ns_a),
+        netns: netns_of(&format!("/run/netns/{ns_a}")),
+    };
+    let client = Side {
+        netns_name: Some(ns_b),
+        netns: netns_of(&format!("/run/netns/{ns_b}")),
+    };
+    assert_ne!(server.netns, client.netns);
+    tcp_both_sides("10.213.77.1", server, client);
 }
