@@ -10,5 +10,9 @@ pub mod network {
     include!(concat!(env!("OUT_DIR"), "/network.skel.rs"));
 }
 
+pub mod features {
+    include!(concat!(env!("OUT_DIR"), "/features.skel.rs"));
+}
+
 /// The record types (the same in every skeleton; events.h defines them).
 pub use process::types;

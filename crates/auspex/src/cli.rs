@@ -1,6 +1,8 @@
 //! Command-line interface.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,8 +19,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the probe and print one JSON event per line until SIGINT/SIGTERM.
+    /// Choose a collection method, prove it works, and print one JSON event
+    /// per line until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Probe the kernel's features and say which methods can run here.
+    Check(CheckArgs),
+    /// The self-check's exec: does nothing (internal).
+    #[command(hide = true)]
+    Canary { nonce: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also parse this BTF file, as `run --btf` would use it.
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -36,6 +55,44 @@ pub struct RunArgs {
     /// an optional K, M or G suffix (binary units).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
+
+    /// The collection method: `auto` tries core_bpf, ebpf, proc in that
+    /// order, skipping those this kernel cannot run; a named method runs or
+    /// fails with the reason.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "core_bpf", "ebpf", "proc"])]
+    pub method: String,
+
+    /// How long the self-check may take before the method is given up.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub canary_timeout: Duration,
+
+    /// How often the method's health is checked again once it runs (0: never).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub heartbeat_interval: Duration,
+
+    /// Where the HTTP API (/ready, /status, /metrics) listens, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    pub listen: Listen,
+}
+
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text} seconds is out of range"))
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("'{text}' is not an address:port (example: 127.0.0.1:8080) or off"))
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {

@@ -1,17 +1,28 @@
 //! The Auspex node agent.
 
+mod canary;
+mod check;
 mod cli;
+mod collector;
+mod http;
+mod methods;
+mod metrics;
 mod pipeline;
 mod run;
 mod sink;
+mod status;
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
+
+/// Kubernetes shows what a container wrote here as the reason it ended.
+const TERMINATION_LOG: &str = "/dev/termination-log";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,11 +35,17 @@ fn main() -> ExitCode {
         .init();
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
+        Command::Check(args) => check::check(args),
+        Command::Canary { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("auspex: error: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("auspex: error: {message}");
+            if Path::new(TERMINATION_LOG).exists() {
+                let _ = std::fs::write(TERMINATION_LOG, &message);
+            }
             ExitCode::FAILURE
         }
     }

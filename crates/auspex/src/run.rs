@@ -1,20 +1,40 @@
-//! `auspex run`: kernel events → decode → sink, until told to stop.
+//! `auspex run`: choose a method, prove it, then kernel events → decode →
+//! enrich → sink until told to stop, with a heartbeat along the way.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use auspex_probe::{CoreBpf, ProbeConfig, ProbeStats};
+use anyhow::{bail, Context};
+use auspex_probe::btf::KERNEL_BTF;
+use auspex_probe::features::{self, FeatureReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::canary::{timed_out, Canary, CanaryEvents};
 use crate::cli::RunArgs;
+use crate::collector::Collector;
+use crate::methods::{self, Method, MethodConfig};
+use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::sink::JsonLines;
+use crate::status::{now_secs, Attempt, CheckResult, Outcome, SharedStatus};
 
 /// How long one poll may wait; bounds how late a stop request is noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often counters are copied into /status and /metrics.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a run shares between its parts.
+struct Agent {
+    stop: Arc<AtomicBool>,
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    pipeline: Pipeline,
+    canaries: CanaryEvents,
+    published_drops: HashMap<&'static str, u64>,
+}
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -26,35 +46,64 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => JsonLines::create(path)?,
         None => JsonLines::stdout(),
     };
-    let mut probe = CoreBpf::load(&ProbeConfig {
-        btf_file: args.btf.clone(),
-        ring_buffer_bytes: args.ring_buffer_size,
-    })?;
-    for d in probe.degraded() {
-        tracing::warn!(feature = d.feature, "running without it: {}", d.reason);
+    let status = SharedStatus::default();
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = args.listen.0 {
+        let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
+        tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
+    }
+    let features = features::probe_all(args.btf.as_deref());
+    {
+        let mut s = status.lock().unwrap();
+        s.method_requested = args.method.clone();
+        s.btf_source = match &args.btf {
+            Some(path) => format!("file {}", path.display()),
+            None => format!("kernel {KERNEL_BTF}"),
+        };
+        s.features = Some(features.clone());
+        s.not_ready_reason = Some("choosing a collection method".into());
+    }
+    let mut agent = Agent {
+        stop,
+        status,
+        metrics: Arc::clone(&metrics),
+        pipeline: Pipeline::new(sink, metrics),
+        canaries: CanaryEvents::new(),
+        published_drops: HashMap::new(),
+    };
+
+    let started = Instant::now();
+    let (method, mut collector) = agent.choose(args, &features)?;
+    agent.log_diagnostics();
+    for d in collector.degraded() {
+        tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
     }
     tracing::info!(
-        method = "core_bpf",
-        programs = probe.attached(),
-        btf = %args.btf.as_ref().map_or("kernel".into(), |p| p.display().to_string()),
+        method,
         output = %args.output.as_ref().map_or("stdout".into(), |p| p.display().to_string()),
-        "probes attached; writing JSON lines"
+        "ready: probes attached, self-check passed; writing JSON lines"
     );
-    let started = Instant::now();
-
-    let mut pipeline = Pipeline::new(sink);
-    while !stop.load(Ordering::Relaxed) && !pipeline.sink.failed() {
-        probe.poll(POLL_INTERVAL, &mut |e| pipeline.deliver(e))?;
-        pipeline.sink.flush();
-    }
+    agent.collect(
+        collector.as_mut(),
+        args.heartbeat_interval,
+        args.canary_timeout,
+    )?;
     // What the kernel produced before the stop is still owed to the reader.
-    probe.drain(&mut |e| pipeline.deliver(e))?;
-    pipeline.sink.flush();
-    let stats = probe.stats()?;
-    drop(probe);
+    let (pipeline, canaries) = (&mut agent.pipeline, &agent.canaries);
+    collector.drain(&mut |e| {
+        if !canaries.claim(&e, None) {
+            pipeline.deliver(e)
+        }
+    })?;
+    agent.pipeline.sink.flush();
+    let drops = collector.drops()?;
+    drop(collector);
 
-    eprintln!("auspex: {}", summary(&pipeline, &stats, started.elapsed()));
-    match pipeline.sink.take_error() {
+    eprintln!(
+        "auspex: {}",
+        summary(&agent.pipeline, &drops, started.elapsed())
+    );
+    match agent.pipeline.sink.take_error() {
         // The reader went away (`auspex run | head`): a normal way to stop.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Some(e) => Err(e).context("writing events failed"),
@@ -62,31 +111,292 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 }
 
-fn summary(pipeline: &Pipeline, stats: &ProbeStats, elapsed: Duration) -> String {
+impl Agent {
+    /// Tries the methods in order until one runs and passes its canary.
+    fn choose(
+        &mut self,
+        args: &RunArgs,
+        features: &FeatureReport,
+    ) -> anyhow::Result<(&'static str, Box<dyn Collector>)> {
+        let candidates: Vec<Box<dyn Method>> = match args.method.as_str() {
+            "auto" => methods::registered(),
+            name => {
+                let chosen: Vec<_> = methods::registered()
+                    .into_iter()
+                    .filter(|m| m.name() == name)
+                    .collect();
+                if chosen.is_empty() {
+                    bail!("the {name} method is not available in this build yet");
+                }
+                chosen
+            }
+        };
+        let config = MethodConfig {
+            btf_file: args.btf.clone(),
+            ring_buffer_bytes: args.ring_buffer_size,
+        };
+        let names: Vec<&'static str> = candidates.iter().map(|m| m.name()).collect();
+        for (i, method) in candidates.iter().enumerate() {
+            let begun = Instant::now();
+            let result = self.attempt(method.as_ref(), features, &config, args.canary_timeout);
+            let (outcome, reason) = match &result {
+                Ok(_) => (Outcome::Active, "self-check passed".to_string()),
+                Err((outcome, reason)) => (*outcome, reason.clone()),
+            };
+            self.status.lock().unwrap().attempts.push(Attempt {
+                method: method.name(),
+                outcome,
+                reason: reason.clone(),
+                duration_ms: begun.elapsed().as_millis() as u64,
+            });
+            match result {
+                Ok(collector) => {
+                    self.metrics.set_method(method.name());
+                    self.set_ready(None);
+                    let mut s = self.status.lock().unwrap();
+                    s.method = Some(method.name());
+                    s.degraded = collector.degraded();
+                    return Ok((method.name(), collector));
+                }
+                Err((outcome, _)) => {
+                    let to = names.get(i + 1).copied().unwrap_or("none");
+                    tracing::warn!(method = method.name(), next = to, "{outcome}: {reason}");
+                    self.metrics
+                        .fallbacks
+                        .get_or_create(&FallbackLabels {
+                            from: method.name().into(),
+                            to: to.into(),
+                            reason: outcome.label().into(),
+                        })
+                        .inc();
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        self.log_diagnostics();
+        let attempts: Vec<String> = self
+            .status
+            .lock()
+            .unwrap()
+            .attempts
+            .iter()
+            .map(|a| format!("{} ({}): {}", a.method, a.outcome, a.reason))
+            .collect();
+        match args.method.as_str() {
+            "auto" => bail!("no collection method can run here: {}", attempts.join("; ")),
+            name => bail!("the {name} method cannot run here: {}", attempts.join("; ")),
+        }
+    }
+
+    /// Starts one method and proves it with the canary.
+    fn attempt(
+        &mut self,
+        method: &dyn Method,
+        features: &FeatureReport,
+        config: &MethodConfig,
+        canary_timeout: Duration,
+    ) -> Result<Box<dyn Collector>, (Outcome, String)> {
+        if let Some(unmet) = method.unmet(features) {
+            return Err((Outcome::Skipped, unmet));
+        }
+        let mut collector = method
+            .start(config)
+            .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
+        let check = self.canary(collector.as_mut(), canary_timeout);
+        let passed = check.passed;
+        let detail = check.detail.clone();
+        self.status.lock().unwrap().canary = Some(check);
+        if passed {
+            Ok(collector)
+        } else {
+            // Dropping the collector unloads the method.
+            Err((Outcome::CanaryMissed, detail))
+        }
+    }
+
+    /// Runs the full canary through `collector`, delivering every other
+    /// event meanwhile.
+    fn canary(&mut self, collector: &mut dyn Collector, timeout: Duration) -> CheckResult {
+        let mut canary = match Canary::launch(true) {
+            Ok(c) => c,
+            Err(e) => {
+                return CheckResult {
+                    passed: false,
+                    detail: format!("could not start the self-check: {e}"),
+                    duration_ms: 0,
+                    at: now_secs(),
+                }
+            }
+        };
+        self.canaries.remember(&canary);
+        loop {
+            let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
+            let polled = collector.poll(POLL_INTERVAL, &mut |e| {
+                if !canaries.claim(&e, Some(&mut canary)) {
+                    pipeline.deliver(e);
+                }
+            });
+            let took = canary.started.elapsed();
+            let result = |passed, detail| CheckResult {
+                passed,
+                detail,
+                duration_ms: took.as_millis() as u64,
+                at: now_secs(),
+            };
+            if let Err(e) = polled {
+                return result(false, format!("reading events failed: {e:#}"));
+            }
+            if canary.passed() {
+                return result(true, format!("saw its exec and TCP connection in {took:?}"));
+            }
+            if timed_out(&canary, timeout) {
+                return result(
+                    false,
+                    format!("did not see {} within {timeout:?}", canary.missing()),
+                );
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return result(false, "interrupted".into());
+            }
+        }
+    }
+
+    /// The main loop: deliver events, keep the heartbeat, publish counters.
+    fn collect(
+        &mut self,
+        collector: &mut dyn Collector,
+        heartbeat_every: Duration,
+        heartbeat_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let mut next_heartbeat =
+            (!heartbeat_every.is_zero()).then(|| Instant::now() + heartbeat_every);
+        let mut heartbeat: Option<Canary> = None;
+        let mut next_publish = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) && !self.pipeline.sink.failed() {
+            let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
+            collector.poll(POLL_INTERVAL, &mut |e| {
+                if !canaries.claim(&e, heartbeat.as_mut()) {
+                    pipeline.deliver(e);
+                }
+            })?;
+            self.pipeline.sink.flush();
+
+            if let Some(beat) = heartbeat.take() {
+                let took = beat.started.elapsed();
+                if beat.passed() {
+                    self.record_heartbeat(true, format!("saw its exec in {took:?}"), took);
+                } else if timed_out(&beat, heartbeat_timeout) {
+                    let detail = format!(
+                        "did not see {} within {heartbeat_timeout:?}",
+                        beat.missing()
+                    );
+                    self.record_heartbeat(false, detail, took);
+                } else {
+                    heartbeat = Some(beat);
+                }
+            }
+            if let Some(due) = next_heartbeat.filter(|due| Instant::now() >= *due) {
+                if heartbeat.is_none() {
+                    match Canary::launch(false) {
+                        Ok(beat) => {
+                            self.canaries.remember(&beat);
+                            heartbeat = Some(beat);
+                        }
+                        Err(e) => self.record_heartbeat(
+                            false,
+                            format!("could not start: {e}"),
+                            Duration::ZERO,
+                        ),
+                    }
+                }
+                next_heartbeat = Some(due + heartbeat_every);
+            }
+            if Instant::now() >= next_publish {
+                self.publish(collector)?;
+                next_publish = Instant::now() + PUBLISH_INTERVAL;
+            }
+        }
+        self.publish(collector)
+    }
+
+    fn record_heartbeat(&mut self, passed: bool, detail: String, took: Duration) {
+        if !passed {
+            tracing::warn!("heartbeat missed: {detail}");
+            self.metrics.heartbeat_misses.inc();
+        }
+        self.set_ready((!passed).then(|| format!("heartbeat missed: {detail}")));
+        let mut s = self.status.lock().unwrap();
+        s.heartbeat.misses += u64::from(!passed);
+        s.heartbeat.last = Some(CheckResult {
+            passed,
+            detail,
+            duration_ms: took.as_millis() as u64,
+            at: now_secs(),
+        });
+    }
+
+    fn set_ready(&self, not_ready: Option<String>) {
+        self.metrics.ready.set(i64::from(not_ready.is_none()));
+        let mut s = self.status.lock().unwrap();
+        s.ready = not_ready.is_none();
+        s.not_ready_reason = not_ready;
+    }
+
+    /// Copies event and drop counters into /status and /metrics.
+    fn publish(&mut self, collector: &dyn Collector) -> anyhow::Result<()> {
+        let drops = collector.drops()?;
+        for (cause, value) in &drops {
+            let last = self.published_drops.insert(cause, *value).unwrap_or(0);
+            self.metrics
+                .drops
+                .get_or_create(&CauseLabel {
+                    cause: cause.to_string(),
+                })
+                .inc_by(value.saturating_sub(last));
+        }
+        let mut s = self.status.lock().unwrap();
+        s.events = self.pipeline.sink.written().clone();
+        s.drops = drops.into_iter().collect();
+        Ok(())
+    }
+
+    /// The startup diagnostics block: every attempt, its outcome and time.
+    fn log_diagnostics(&self) {
+        let s = self.status.lock().unwrap();
+        tracing::info!(
+            "method selection (requested: {}; BTF: {}):",
+            s.method_requested,
+            s.btf_source
+        );
+        for a in &s.attempts {
+            tracing::info!(
+                "  {}: {} after {} ms: {}",
+                a.method,
+                a.outcome,
+                a.duration_ms,
+                a.reason
+            );
+        }
+    }
+}
+
+fn summary(pipeline: &Pipeline, drops: &[(&'static str, u64)], elapsed: Duration) -> String {
     let written = pipeline.sink.written();
     let total: u64 = written.values().sum();
     let by_type: Vec<String> = written.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let k = &stats.kernel_drops;
+    let lost: u64 = drops.iter().map(|(_, v)| v).sum();
+    let by_cause: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
     format!(
-        "{total} events in {:.1} s ({}); dropped {}: ring buffer full {} (exec {}, fork {}, \
-         exit {}, network {}), undecodable records {}; incomplete: socket maps full {}, \
-         connected UDP unresolved {}, UDP sockets forgotten {}, processes forgotten {}",
+        "{total} events in {:.1} s ({}); dropped or incomplete {lost} ({}, processes forgotten {})",
         elapsed.as_secs_f64(),
         if by_type.is_empty() {
             "none".to_string()
         } else {
             by_type.join(", ")
         },
-        k.records() + stats.decode.rejected(),
-        k.records(),
-        k.exec,
-        k.fork,
-        k.exit,
-        k.network,
-        stats.decode.rejected(),
-        k.socket_maps_full,
-        k.udp_connect_unresolved,
-        stats.udp_sockets_forgotten,
+        by_cause.join(", "),
         pipeline.processes_evicted(),
     )
 }

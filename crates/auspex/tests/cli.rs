@@ -30,6 +30,7 @@ impl Agent {
             .arg("run")
             .arg("--output")
             .arg(&output)
+            .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -53,6 +54,23 @@ impl Agent {
             a.stderr_text().contains("probes attached")
         });
         agent
+    }
+
+    /// GET `path` from the agent's HTTP API: (status code, body).
+    fn http_get(&self, path: &str) -> (u16, String) {
+        let text = self.stderr_text();
+        let addr = text
+            .split("HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"));
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
     }
 
     fn stderr_text(&self) -> String {
@@ -172,7 +190,7 @@ fn run_writes_exact_exec_fork_exit_events_and_stops_cleanly() {
     assert!(
         summary.starts_with("auspex: ")
             && summary.contains(" events in ")
-            && summary.contains("dropped 0:"),
+            && summary.contains("dropped or incomplete 0 ("),
         "summary line: {summary}"
     );
     assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
@@ -274,8 +292,22 @@ fn run_failing(command: &mut Command) -> (i32, String) {
 
 fn auspex_run(args: &[&str]) -> Command {
     let mut c = Command::new(AUSPEX);
-    c.arg("run").args(args);
+    c.args(["run", "--listen", "off"]).args(args);
     c
+}
+
+/// The line `auspex: error: ...` among the agent's log lines.
+fn error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("auspex: error: "))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one error line expected:\n{stderr}"
+    );
+    errors[0]
 }
 
 #[test]
@@ -283,8 +315,9 @@ fn missing_btf_file_is_one_clear_line() {
     let (code, stderr) = run_failing(&mut auspex_run(&["--btf", "/nonexistent/vmlinux"]));
     assert_eq!(code, 1);
     assert_eq!(
-        stderr,
-        "auspex: error: BTF file /nonexistent/vmlinux does not exist\n"
+        error_line(&stderr),
+        "auspex: error: no collection method can run here: core_bpf (skipped): BTF file \
+         /nonexistent/vmlinux does not exist"
     );
 }
 
@@ -292,29 +325,31 @@ fn missing_btf_file_is_one_clear_line() {
 fn corrupt_btf_files_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let random = dir.path().join("random.btf");
-    let mut f = std::fs::File::create(&random).unwrap();
     let bytes: Vec<u8> = (0..8192u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    f.write_all(&bytes).unwrap();
+    std::fs::write(&random, bytes).unwrap();
     let (code, stderr) = run_failing(&mut auspex_run(&["--btf", random.to_str().unwrap()]));
     assert_eq!(code, 1);
     assert!(
-        stderr.starts_with(&format!(
-            "auspex: error: BTF file {} cannot be used: not a BTF file",
+        error_line(&stderr).ends_with(&format!(
+            "core_bpf (skipped): BTF file {} cannot be used: not a BTF file (neither raw BTF nor \
+             an ELF with a .BTF section)",
             random.display()
         )),
         "{stderr}"
     );
     assert!(!stderr.contains("Unknown error"), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
     let truncated = dir.path().join("truncated.btf");
     let kernel = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
     std::fs::write(&truncated, &kernel[..kernel.len() / 3]).unwrap();
     let (code, stderr) = run_failing(&mut auspex_run(&["--btf", truncated.to_str().unwrap()]));
     assert_eq!(code, 1);
-    assert!(stderr.contains("corrupt or truncated BTF"), "{stderr}");
+    assert!(
+        error_line(&stderr).ends_with("corrupt or truncated BTF"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -327,36 +362,239 @@ fn without_capabilities_the_error_names_them() {
         "--",
         AUSPEX,
         "run",
+        "--listen",
+        "off",
     ]));
     assert_eq!(code, 1);
-    assert_eq!(
-        stderr,
-        "auspex: error: permission denied: loading BPF programs needs root, or the capabilities \
-         CAP_BPF and CAP_PERFMON (missing: CAP_BPF, CAP_PERFMON)\n"
+    assert!(
+        error_line(&stderr).starts_with(
+            "auspex: error: no collection method can run here: core_bpf (skipped): privileges: \
+             needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Runs `auspex run ARGS` with the kernel's BTF hidden by a tmpfs in a
+/// private mount namespace.
+fn run_without_kernel_btf(args: &[&str]) -> (i32, String) {
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --listen off \"$@\"";
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            AUSPEX,
+        ])
+        .args(args);
+    run_failing(&mut command)
+}
+
+const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vmlinux is missing: \
+                             the kernel was built without CONFIG_DEBUG_INFO_BTF";
+
+#[test]
+fn kernel_without_btf_skips_core_bpf_with_the_reason() {
+    // auto: core_bpf is skipped, and nothing else can run yet.
+    let (code, stderr) = run_without_kernel_btf(&[]);
+    assert_eq!(code, 1);
+    let error = error_line(&stderr);
+    assert!(
+        error.starts_with(&format!(
+            "auspex: error: no collection method can run here: {NO_KERNEL_BTF}"
+        )),
+        "{stderr}"
+    );
+    // The startup diagnostics name the attempt, its outcome and the BTF source.
+    assert!(
+        stderr.contains("method selection (requested: auto; BTF: kernel /sys/kernel/btf/vmlinux)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("core_bpf: skipped after "), "{stderr}");
+
+    // A --btf file cannot stand in for the kernel's BTF (tp_btf attaches
+    // through it); a missing or corrupt one is named as well.
+    let (code, stderr) = run_without_kernel_btf(&["--btf", "/nonexistent/vmlinux.btf"]);
+    assert_eq!(code, 1);
+    let error = error_line(&stderr);
+    assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
+    assert!(
+        error.contains("BTF file /nonexistent/vmlinux.btf does not exist"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.btf");
+    std::fs::write(&corrupt, vec![0x5a; 4096]).unwrap();
+    let (code, stderr) = run_without_kernel_btf(&["--btf", corrupt.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let error = error_line(&stderr);
+    assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
+    assert!(error.contains("cannot be used: not a BTF file"), "{stderr}");
+}
+
+#[test]
+fn explicit_core_bpf_without_btf_fails_with_the_reason() {
+    let (code, stderr) = run_without_kernel_btf(&["--method", "core_bpf"]);
+    assert_eq!(code, 1);
+    assert!(
+        error_line(&stderr).starts_with(&format!(
+            "auspex: error: the core_bpf method cannot run here: {NO_KERNEL_BTF}"
+        )),
+        "{stderr}"
     );
 }
 
 #[test]
-fn kernel_without_btf_is_one_clear_line() {
-    // Hide the kernel's BTF in a private mount namespace.
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run";
-    let (code, stderr) = run_failing(Command::new("unshare").args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        AUSPEX,
-    ]));
+fn a_method_whose_canary_misses_is_unloaded_with_the_reason() {
+    let (code, stderr) = run_failing(
+        auspex_run(&["--canary-timeout", "1", "--output", "/dev/null"])
+            .env("AUSPEX_TEST_CANARY_MISS", "1"),
+    );
     assert_eq!(code, 1);
+    let error = error_line(&stderr);
     assert!(
-        stderr.starts_with(
-            "auspex: error: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing"
-        ),
+        error.starts_with(
+            "auspex: error: no collection method can run here: core_bpf (canary missed): did not \
+             see the exec of pid "
+        ) && error.ends_with("with its nonce within 1s"),
         "{stderr}"
     );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // It was given up for the next method (none is registered after it yet).
+    assert!(
+        stderr.contains("canary missed") && stderr.contains("next=\"none\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explicit_methods_not_built_yet_are_refused() {
+    let (code, stderr) = run_failing(&mut auspex_run(&["--method", "proc"]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        error_line(&stderr),
+        "auspex: error: the proc method is not available in this build yet"
+    );
+}
+
+#[test]
+fn auto_picks_core_bpf_and_every_report_says_so() {
+    let agent = Agent::start(&["--heartbeat-interval", "0.3"]);
+    let (code, body) = agent.http_get("/ready");
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    // The heartbeat runs again and again; wait until one has passed.
+    let status = || serde_json::from_str::<Value>(&agent.http_get("/status").1).unwrap();
+    agent.wait_until("a heartbeat has passed", |_| {
+        status()["heartbeat"]["last"]["passed"] == true
+    });
+    let s = status();
+    assert_eq!(s["ready"], true, "{s:#}");
+    assert_eq!(s["method"], "core_bpf", "{s:#}");
+    assert_eq!(s["method_requested"], "auto", "{s:#}");
+    assert_eq!(s["attempts"].as_array().unwrap().len(), 1, "{s:#}");
+    assert_eq!(s["attempts"][0]["method"], "core_bpf", "{s:#}");
+    assert_eq!(s["attempts"][0]["outcome"], "active", "{s:#}");
+    assert_eq!(s["canary"]["passed"], true, "{s:#}");
+    assert_eq!(s["btf_source"], "kernel /sys/kernel/btf/vmlinux", "{s:#}");
+    assert_eq!(s["features"]["tp_btf"]["ok"], true, "{s:#}");
+    assert_eq!(s["degraded"], json!([]), "{s:#}");
+    assert_eq!(s["heartbeat"]["misses"], 0, "{s:#}");
+    assert!(s["drops"]["ringbuf_full_exec"].is_u64(), "{s:#}");
+
+    let (code, text) = agent.http_get("/metrics");
+    assert_eq!(code, 200);
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"));
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("auspex_method_info", Some(("method", "core_bpf"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value("auspex_ready", None), Some(1.0), "{text}");
+    assert_eq!(
+        value("auspex_heartbeat_misses_total", None),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        value("auspex_events_total", Some(("type", "process_exec"))).is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        value("auspex_drops_total", Some(("cause", "ringbuf_full_exec"))),
+        Some(0.0),
+        "{text}"
+    );
+
+    // None of its own canary activity (the agent starts no other process
+    // and makes no other connection) leaks into its events.
+    let agent_pid = agent.child.id();
+    let own: Vec<String> = agent
+        .events()
+        .iter()
+        .filter(|e| {
+            e["process"]["ppid"] == agent_pid
+                || (e["type"].as_str().unwrap().starts_with("connection")
+                    && e["process"]["pid"] == agent_pid)
+        })
+        .map(Value::to_string)
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the agent reported its own canaries: {own:#?}"
+    );
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn check_tells_the_truth_about_this_kernel() {
+    let out = Command::new(AUSPEX)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &report["features"];
+    // This machine: tp_btf works, fentry is refused (see
+    // shared/notes/bpf-on-this-machine.md).
+    assert_eq!(f["tp_btf"]["ok"], true, "{report:#}");
+    assert_eq!(f["fentry"]["ok"], false, "{report:#}");
+    assert_eq!(f["kernel_btf"]["ok"], true, "{report:#}");
+    assert_eq!(f["ring_buffer"]["ok"], true, "{report:#}");
+    assert_eq!(f["proc_connector"]["ok"], true, "{report:#}");
+    assert_eq!(
+        report["methods"][0],
+        json!({"method": "core_bpf", "can_run": true, "reason": null})
+    );
+
+    let out = Command::new(AUSPEX).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok   tp_btf"), "{text}");
+    assert!(text.contains("FAIL fentry"), "{text}");
+    assert!(text.contains("core_bpf  can run"), "{text}");
 }
 
 #[test]

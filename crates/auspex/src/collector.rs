@@ -1,0 +1,62 @@
+//! What the agent needs of a collection method once it runs: events, drop
+//! counts, and what it runs without. Every method implements this; the rest
+//! of the agent never knows which one it has.
+
+use std::time::Duration;
+
+use auspex_events::Event;
+use auspex_probe::CoreBpf;
+
+/// A part of a method that could not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Degraded {
+    pub feature: String,
+    pub reason: String,
+}
+
+pub trait Collector {
+    /// Waits up to `timeout`, then hands over the events that arrived.
+    fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()>;
+    /// Hands over what has arrived, without waiting.
+    fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()>;
+    /// Everything lost or incomplete so far, by cause (cumulative).
+    fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>>;
+    fn degraded(&self) -> Vec<Degraded>;
+}
+
+impl Collector for CoreBpf {
+    fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        CoreBpf::poll(self, timeout, on_event)?;
+        Ok(())
+    }
+
+    fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        CoreBpf::drain(self, on_event)?;
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let s = self.stats()?;
+        let k = s.kernel_drops;
+        Ok(vec![
+            ("ringbuf_full_exec", k.exec),
+            ("ringbuf_full_fork", k.fork),
+            ("ringbuf_full_exit", k.exit),
+            ("ringbuf_full_network", k.network),
+            ("undecodable_record", s.decode.rejected()),
+            ("socket_map_full", k.socket_maps_full),
+            ("udp_connect_unresolved", k.udp_connect_unresolved),
+            ("udp_socket_forgotten", s.udp_sockets_forgotten),
+        ])
+    }
+
+    fn degraded(&self) -> Vec<Degraded> {
+        CoreBpf::degraded(self)
+            .iter()
+            .map(|d| Degraded {
+                feature: d.feature.to_string(),
+                reason: d.reason.clone(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,74 @@
+//! The collection methods, in order of preference, and what each needs of
+//! the kernel. Adding a method is adding it here.
+
+use std::path::PathBuf;
+
+use auspex_probe::features::FeatureReport;
+use auspex_probe::{CoreBpf, ProbeConfig};
+
+use crate::collector::Collector;
+
+/// What starting a method needs from the command line.
+#[derive(Debug, Clone)]
+pub struct MethodConfig {
+    pub btf_file: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+}
+
+pub trait Method {
+    fn name(&self) -> &'static str;
+    /// Why the method cannot run on this kernel, judged from the feature
+    /// probes; `None` when it can.
+    fn unmet(&self, features: &FeatureReport) -> Option<String>;
+    fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>>;
+}
+
+/// The registered methods, best first: what `auto` tries, in this order.
+pub fn registered() -> Vec<Box<dyn Method>> {
+    vec![Box::new(CoreBpfMethod)]
+}
+
+/// Every method name the command line accepts, registered or not yet.
+pub const KNOWN: &[&str] = &["core_bpf", "ebpf", "proc"];
+
+pub struct CoreBpfMethod;
+
+impl Method for CoreBpfMethod {
+    fn name(&self) -> &'static str {
+        "core_bpf"
+    }
+
+    fn unmet(&self, f: &FeatureReport) -> Option<String> {
+        let mut missing = Vec::new();
+        if !f.privileges.can_trace() {
+            missing.push("privileges: needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN".to_string());
+        }
+        if !f.kernel_btf.ok {
+            missing.push(format!(
+                "kernel BTF: {} (tp_btf programs attach through it; --btf cannot replace it)",
+                f.kernel_btf.detail
+            ));
+        }
+        if let Some(file) = f.btf_file.as_ref().filter(|c| !c.ok) {
+            missing.push(file.detail.clone());
+        }
+        for (name, check) in [
+            ("bpf()", &f.bpf_syscall),
+            ("ring buffer", &f.ring_buffer),
+            ("tp_btf", &f.tp_btf),
+        ] {
+            if !check.ok {
+                missing.push(format!("{name}: {}", check.detail));
+            }
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
+        let probe = CoreBpf::load(&ProbeConfig {
+            btf_file: config.btf_file.clone(),
+            ring_buffer_bytes: config.ring_buffer_bytes,
+        })?;
+        Ok(Box::new(probe))
+    }
+}
