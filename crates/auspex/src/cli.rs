@@ -70,6 +70,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub heartbeat_interval: Duration,
 
+    /// Where the reason of a fatal error is written, if the file exists
+    /// (Kubernetes shows it in the pod's status).
+    #[arg(long, value_name = "PATH", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+
     /// Where the HTTP API (/ready, /status, /metrics) listens, or `off`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: Listen,

@@ -21,8 +21,15 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
 
-/// Kubernetes shows what a container wrote here as the reason it ended.
-const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Kubernetes shows what a container wrote to its termination log as the
+/// reason it ended; the file exists only where the platform provides it.
+fn write_termination_log(path: &Path, message: &str) {
+    if path.exists() {
+        if let Err(e) = std::fs::write(path, message) {
+            eprintln!("auspex: cannot write {}: {e}", path.display());
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,8 +50,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = format!("{e:#}");
             eprintln!("auspex: error: {message}");
-            if Path::new(TERMINATION_LOG).exists() {
-                let _ = std::fs::write(TERMINATION_LOG, &message);
+            if let Command::Run(args) = &cli.command {
+                write_termination_log(&args.termination_log, &message);
             }
             ExitCode::FAILURE
         }

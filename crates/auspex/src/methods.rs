@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use auspex_probe::features::FeatureReport;
 use auspex_probe::{CoreBpf, ProbeConfig};
 
-use crate::collector::Collector;
+use crate::collector::{Collector, Degraded};
 
 /// What starting a method needs from the command line.
 #[derive(Debug, Clone)]
@@ -23,9 +23,18 @@ pub trait Method {
     fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>>;
 }
 
+/// Set (to anything) to put a method that sees nothing first in line: a
+/// test-only way to prove, end to end, that a method failing its canary is
+/// given up for the next one.
+pub const BLIND_METHOD_ENV: &str = "AUSPEX_TEST_BLIND_METHOD";
+
 /// The registered methods, best first: what `auto` tries, in this order.
 pub fn registered() -> Vec<Box<dyn Method>> {
-    vec![Box::new(CoreBpfMethod)]
+    let mut methods: Vec<Box<dyn Method>> = vec![Box::new(CoreBpfMethod)];
+    if std::env::var_os(BLIND_METHOD_ENV).is_some() {
+        methods.insert(0, Box::new(Blind));
+    }
+    methods
 }
 
 /// Every method name the command line accepts, registered or not yet.
@@ -70,5 +79,45 @@ impl Method for CoreBpfMethod {
             ring_buffer_bytes: config.ring_buffer_bytes,
         })?;
         Ok(Box::new(probe))
+    }
+}
+
+/// See [`BLIND_METHOD_ENV`].
+struct Blind;
+
+impl Method for Blind {
+    fn name(&self) -> &'static str {
+        "test_blind"
+    }
+
+    fn unmet(&self, _: &FeatureReport) -> Option<String> {
+        None
+    }
+
+    fn start(&self, _: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
+        Ok(Box::new(Blind))
+    }
+}
+
+impl Collector for Blind {
+    fn poll(
+        &mut self,
+        timeout: std::time::Duration,
+        _: &mut dyn FnMut(auspex_events::Event),
+    ) -> anyhow::Result<()> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+
+    fn drain(&mut self, _: &mut dyn FnMut(auspex_events::Event)) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        Ok(Vec::new())
+    }
+
+    fn degraded(&self) -> Vec<Degraded> {
+        Vec::new()
     }
 }

@@ -24,10 +24,17 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Agent {
+        let mut command = Command::new(AUSPEX);
+        command.arg("run");
+        Self::launch(command, extra)
+    }
+
+    /// Starts `command` (which must end up running `auspex run`) with an
+    /// output file, an HTTP API on a free port and `extra` arguments.
+    fn launch(mut command: Command, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("events.jsonl");
-        let mut child = Command::new(AUSPEX)
-            .arg("run")
+        let mut child = command
             .arg("--output")
             .arg(&output)
             .args(["--listen", "127.0.0.1:0"])
@@ -97,9 +104,14 @@ impl Agent {
         }
     }
 
-    /// The one event of `kind` about `pid`; fails listing what was seen.
+    /// The first event of `kind` about `pid`; fails listing what was seen.
     fn event(&self, kind: &str, pid: u32) -> Value {
-        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid;
+        self.event_where(kind, pid, |_| true)
+    }
+
+    /// The first event of `kind` about `pid` that `also` accepts.
+    fn event_where(&self, kind: &str, pid: u32, also: impl Fn(&Value) -> bool) -> Value {
+        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid && also(e);
         let start = Instant::now();
         loop {
             let events = self.events();
@@ -260,7 +272,8 @@ fn network_events_name_the_owning_processes_and_their_executables() {
     // The server side belongs to this test process, which started before
     // the agent: its exe comes from /proc.
     let me = std::process::id();
-    let server_open = agent.event("connection_open", me);
+    // (Other tests in this process make connections too: pick ours.)
+    let server_open = agent.event_where("connection_open", me, |e| e["local"]["port"] == port);
     assert_eq!(server_open["role"], "server", "{server_open}");
     assert_eq!(server_open["local"]["port"], port, "{server_open}");
     let test_exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
@@ -563,6 +576,102 @@ fn auto_picks_core_bpf_and_every_report_says_so() {
     );
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn a_method_that_misses_its_canary_gives_way_to_the_next() {
+    // A test-only method that sees nothing is put first in line.
+    let mut command = Command::new(AUSPEX);
+    command.arg("run").env("AUSPEX_TEST_BLIND_METHOD", "1");
+    let agent = Agent::launch(command, &["--canary-timeout", "1"]);
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["method"], "core_bpf", "{s:#}");
+    let attempts = s["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{s:#}");
+    assert_eq!(attempts[0]["method"], "test_blind", "{s:#}");
+    assert_eq!(attempts[0]["outcome"], "canary_missed", "{s:#}");
+    let reason = attempts[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("did not see the exec of pid ")
+            && reason.contains(" with its nonce and the loopback TCP connection to port ")
+            && reason.ends_with("within 1s"),
+        "{reason}"
+    );
+    assert_eq!(attempts[1]["method"], "core_bpf", "{s:#}");
+    assert_eq!(attempts[1]["outcome"], "active", "{s:#}");
+    let (_, metrics) = agent.http_get("/metrics");
+    assert!(
+        metrics.contains(
+            "auspex_fallbacks_total{from=\"test_blind\",to=\"core_bpf\",reason=\"canary_missed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        agent
+            .stderr_text()
+            .contains("test_blind: canary missed after "),
+        "{}",
+        agent.stderr_text()
+    );
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn without_cgroup_v2_udp_is_degraded_and_the_rest_runs() {
+    // A private mount namespace where no cgroup2 hierarchy is mounted.
+    let script = "for m in $(awk '$9 == \"cgroup2\" {print $5}' /proc/self/mountinfo); do \
+                  umount -l \"$m\"; done; exec \"$0\" run \"$@\"";
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        AUSPEX,
+    ]);
+    let agent = Agent::launch(command, &[]);
+    let (code, _) = agent.http_get("/ready");
+    assert_eq!(code, 200);
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["method"], "core_bpf", "{s:#}");
+    assert_eq!(s["features"]["cgroup2"]["ok"], false, "{s:#}");
+    assert_eq!(
+        s["degraded"],
+        json!([{
+            "feature": "udp",
+            "reason": "cgroup v2 is not mounted: the UDP socket hooks attach to its root"
+        }]),
+        "{s:#}"
+    );
+    assert!(
+        agent.stderr_text().contains("running without it"),
+        "{}",
+        agent.stderr_text()
+    );
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn a_fatal_error_is_written_to_the_termination_log() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_str().unwrap();
+    let (code, stderr) = run_failing(&mut auspex_run(&[
+        "--btf",
+        "/nonexistent/vmlinux",
+        "--termination-log",
+        path,
+    ]));
+    assert_eq!(code, 1);
+    let written = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        format!("auspex: error: {written}"),
+        error_line(&stderr),
+        "the termination log holds the error"
+    );
 }
 
 #[test]
