@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use auspex_events::{Event, EventKind, Protocol, Role};
 
-/// Set (to anything) to make every canary look for a nonce that never comes:
-/// a test-only way to prove what happens when a method sees nothing.
+/// Set to make canaries look for a nonce that never comes: a test-only way to
+/// prove what happens when a method sees nothing. `heartbeat`: only the
+/// heartbeats miss; anything else: every canary.
 pub const FORCE_MISS_ENV: &str = "AUSPEX_TEST_CANARY_MISS";
 
 /// The hidden subcommand the canary execs.
@@ -44,7 +45,9 @@ impl Canary {
     /// lighter heartbeat.
     pub fn launch(with_tcp: bool) -> io::Result<Canary> {
         let nonce = nonce();
-        let expected_nonce = if std::env::var_os(FORCE_MISS_ENV).is_some() {
+        let force_miss =
+            std::env::var(FORCE_MISS_ENV).is_ok_and(|which| which != "heartbeat" || !with_tcp);
+        let expected_nonce = if force_miss {
             format!("never-{nonce}")
         } else {
             nonce.clone()

@@ -618,6 +618,33 @@ fn a_method_that_misses_its_canary_gives_way_to_the_next() {
 }
 
 #[test]
+fn a_missed_heartbeat_makes_the_agent_not_ready() {
+    let mut command = Command::new(AUSPEX);
+    command
+        .arg("run")
+        .env("AUSPEX_TEST_CANARY_MISS", "heartbeat");
+    let agent = Agent::launch(
+        command,
+        &["--heartbeat-interval", "0.2", "--canary-timeout", "0.5"],
+    );
+    agent.wait_until("a heartbeat has missed", |a| a.http_get("/ready").0 == 503);
+    let (_, body) = agent.http_get("/ready");
+    assert!(
+        body.starts_with("not ready: heartbeat missed: did not see the exec of pid "),
+        "{body}"
+    );
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["ready"], false, "{s:#}");
+    assert_eq!(s["canary"]["passed"], true, "{s:#}");
+    assert!(s["heartbeat"]["misses"].as_u64().unwrap() >= 1, "{s:#}");
+    assert_eq!(s["heartbeat"]["last"]["passed"], false, "{s:#}");
+    let (_, metrics) = agent.http_get("/metrics");
+    assert!(metrics.contains("\nauspex_ready 0\n"), "{metrics}");
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
 fn without_cgroup_v2_udp_is_degraded_and_the_rest_runs() {
     // A private mount namespace where no cgroup2 hierarchy is mounted.
     let script = "for m in $(awk '$9 == \"cgroup2\" {print $5}' /proc/self/mountinfo); do \
