@@ -161,6 +161,26 @@ fn conn(
     }
 }
 
+/// The open and the close of one connection, or of one endpoint.
+fn lifetime(
+    proto: &'static str,
+    role: &'static str,
+    local: &SocketAddr,
+    remote: &SocketAddr,
+    pid: u32,
+    netns: u32,
+) -> Vec<Net> {
+    ["connection_open", "connection_close"]
+        .map(|kind| conn(kind, proto, role, local, remote, pid, netns))
+        .to_vec()
+}
+
+fn endpoint_lifetime(proto: &'static str, local: &SocketAddr, pid: u32, netns: u32) -> Vec<Net> {
+    ["endpoint_open", "endpoint_close"]
+        .map(|kind| endpoint(kind, proto, local, pid, netns))
+        .to_vec()
+}
+
 fn endpoint(
     kind: &'static str,
     proto: &'static str,
@@ -262,10 +282,9 @@ fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
         &mut h,
         &[listen.port],
         &last,
-        vec![
-            endpoint("endpoint_open", "tcp", &listen, server_pid, sns),
-            conn(
-                "connection_open",
+        [
+            endpoint_lifetime("tcp", &listen, server_pid, sns),
+            lifetime(
                 "tcp",
                 "client",
                 &client_local,
@@ -273,8 +292,7 @@ fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
                 client_pid,
                 cns,
             ),
-            conn(
-                "connection_open",
+            lifetime(
                 "tcp",
                 "server",
                 &server_local,
@@ -282,26 +300,8 @@ fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
                 server_pid,
                 sns,
             ),
-            conn(
-                "connection_close",
-                "tcp",
-                "client",
-                &client_local,
-                &server_local,
-                client_pid,
-                cns,
-            ),
-            conn(
-                "connection_close",
-                "tcp",
-                "server",
-                &server_local,
-                &client_local,
-                server_pid,
-                sns,
-            ),
-            last.clone(),
-        ],
+        ]
+        .concat(),
     );
 }
 
@@ -402,46 +402,12 @@ fn connected_udp_is_one_connection_each_side() {
         &mut h,
         &[bound.port],
         &last,
-        vec![
-            endpoint("endpoint_open", "udp", &bound, server_pid, ns),
-            conn(
-                "connection_open",
-                "udp",
-                "client",
-                &client_local,
-                &bound,
-                client_pid,
-                ns,
-            ),
-            conn(
-                "connection_open",
-                "udp",
-                "server",
-                &bound,
-                &client_local,
-                server_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "client",
-                &client_local,
-                &bound,
-                client_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "server",
-                &bound,
-                &client_local,
-                server_pid,
-                ns,
-            ),
-            last.clone(),
-        ],
+        [
+            endpoint_lifetime("udp", &bound, server_pid, ns),
+            lifetime("udp", "client", &client_local, &bound, client_pid, ns),
+            lifetime("udp", "server", &bound, &client_local, server_pid, ns),
+        ]
+        .concat(),
     );
 }
 
@@ -473,6 +439,10 @@ fn unconnected_udp_reports_each_peer_once_after_a_thousand_datagrams() {
     a.finish();
     b.finish();
 
+    let talker_seen = SocketAddr {
+        ip: "127.0.0.1".parse().unwrap(),
+        port: local.port,
+    };
     let last_a = endpoint("endpoint_close", "udp", &a_addr, a_pid, ns);
     let last_b = endpoint("endpoint_close", "udp", &b_addr, b_pid, ns);
     h.wait_until(
@@ -484,96 +454,16 @@ fn unconnected_udp_reports_each_peer_once_after_a_thousand_datagrams() {
         &mut h,
         &[a_addr.port, b_addr.port],
         &last_b,
-        vec![
-            endpoint("endpoint_open", "udp", &a_addr, a_pid, ns),
-            endpoint("endpoint_open", "udp", &b_addr, b_pid, ns),
-            conn(
-                "connection_open",
-                "udp",
-                "client",
-                &local,
-                &a_addr,
-                t_pid,
-                ns,
-            ),
-            conn(
-                "connection_open",
-                "udp",
-                "client",
-                &local,
-                &b_addr,
-                t_pid,
-                ns,
-            ),
-            conn(
-                "connection_open",
-                "udp",
-                "server",
-                &a_addr,
-                &SocketAddr {
-                    ip: "127.0.0.1".parse().unwrap(),
-                    port: local.port,
-                },
-                a_pid,
-                ns,
-            ),
-            conn(
-                "connection_open",
-                "udp",
-                "server",
-                &b_addr,
-                &SocketAddr {
-                    ip: "127.0.0.1".parse().unwrap(),
-                    port: local.port,
-                },
-                b_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "client",
-                &local,
-                &a_addr,
-                t_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "client",
-                &local,
-                &b_addr,
-                t_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "server",
-                &a_addr,
-                &SocketAddr {
-                    ip: "127.0.0.1".parse().unwrap(),
-                    port: local.port,
-                },
-                a_pid,
-                ns,
-            ),
-            conn(
-                "connection_close",
-                "udp",
-                "server",
-                &b_addr,
-                &SocketAddr {
-                    ip: "127.0.0.1".parse().unwrap(),
-                    port: local.port,
-                },
-                b_pid,
-                ns,
-            ),
-            last_a,
-            last_b.clone(),
-        ],
+        [
+            endpoint_lifetime("udp", &a_addr, a_pid, ns),
+            endpoint_lifetime("udp", &b_addr, b_pid, ns),
+            lifetime("udp", "client", &local, &a_addr, t_pid, ns),
+            lifetime("udp", "client", &local, &b_addr, t_pid, ns),
+            // The echoes see the talker from the loopback address.
+            lifetime("udp", "server", &a_addr, &talker_seen, a_pid, ns),
+            lifetime("udp", "server", &b_addr, &talker_seen, b_pid, ns),
+        ]
+        .concat(),
     );
 }
 
