@@ -10,7 +10,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 
 cargo fmt --all -- --check || status=1
 cargo clippy --workspace --all-targets --locked -- -D warnings || status=1

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{errno_of, explain, ProbeError};
 use crate::skel::features::FeaturesSkelBuilder;
-use crate::{btf, cgroup, libbpf_log, proc_connector};
+use crate::{btf, cgroup, libbpf_log};
 
 /// One probe's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,7 +35,7 @@ impl Check {
         }
     }
 
-    fn from(result: Result<String, String>) -> Self {
+    pub fn from_result(result: Result<String, String>) -> Self {
         match result {
             Ok(detail) => Check::yes(detail),
             Err(detail) => Check::no(detail),
@@ -87,8 +87,10 @@ pub struct FeatureReport {
     pub proc_connector: Check,
 }
 
-/// Runs every probe. Never fails: a probe that cannot run says why.
-pub fn probe_all(btf_file: Option<&Path>) -> FeatureReport {
+/// Runs every probe. Never fails: a probe that cannot run says why. The
+/// process connector is not BPF: its probe is the proc method's, and its
+/// answer is passed in.
+pub fn probe_all(btf_file: Option<&Path>, proc_connector: Check) -> FeatureReport {
     libbpf_log::forward_to_tracing();
     let has = |cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false);
     let privileges = Privileges {
@@ -97,14 +99,14 @@ pub fn probe_all(btf_file: Option<&Path>) -> FeatureReport {
         cap_perfmon: has(caps::Capability::CAP_PERFMON),
         cap_net_admin: has(caps::Capability::CAP_NET_ADMIN),
     };
-    let bpf_syscall = Check::from(
+    let bpf_syscall = Check::from_result(
         require_bpf()
             .map(|()| "bpf() works".into())
             .map_err(|e| e.to_string()),
     );
     let bpf_dependent = |probe: fn() -> Result<String, String>| {
         if bpf_syscall.ok {
-            Check::from(probe())
+            Check::from_result(probe())
         } else {
             Check::no(format!("not probed: {}", bpf_syscall.detail))
         }
@@ -113,7 +115,7 @@ pub fn probe_all(btf_file: Option<&Path>) -> FeatureReport {
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        kernel_btf: Check::from(if btf::kernel_btf_present() {
+        kernel_btf: Check::from_result(if btf::kernel_btf_present() {
             parse_btf(Path::new(btf::KERNEL_BTF))
         } else {
             Err(format!(
@@ -121,7 +123,7 @@ pub fn probe_all(btf_file: Option<&Path>) -> FeatureReport {
                 btf::KERNEL_BTF
             ))
         }),
-        btf_file: btf_file.map(|p| Check::from(parse_btf(p))),
+        btf_file: btf_file.map(|p| Check::from_result(parse_btf(p))),
         ring_buffer: bpf_dependent(|| map_type(MapType::RingBuf, "BPF ring buffer")),
         perf_event_array: bpf_dependent(|| map_type(MapType::PerfEventArray, "perf event array")),
         tp_btf: bpf_dependent(|| attach_probe(Hook::TpBtf)),
@@ -135,13 +137,13 @@ pub fn probe_all(btf_file: Option<&Path>) -> FeatureReport {
             }
         }),
         bpf_syscall,
-        tracefs: Check::from(tracefs()),
-        cgroup2: Check::from(
+        tracefs: Check::from_result(tracefs()),
+        cgroup2: Check::from_result(
             cgroup::cgroup2_mount()
                 .map(|p| format!("mounted at {}", p.display()))
                 .ok_or_else(|| "cgroup v2 is not mounted".to_string()),
         ),
-        proc_connector: Check::from(proc_connector::probe()),
+        proc_connector,
         privileges,
     }
 }

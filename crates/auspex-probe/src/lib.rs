@@ -12,7 +12,6 @@ mod error;
 pub mod features;
 mod libbpf_log;
 mod privileges;
-mod proc_connector;
 mod skel;
 mod udp_sockets;
 mod wire;

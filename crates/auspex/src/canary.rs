@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use auspex_events::{Event, EventKind, Protocol, Role};
@@ -27,9 +27,14 @@ fn nonce() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One canary run: what it did and what of it was seen so far.
+/// One canary run: what it did and what of it was seen so far. Its process
+/// and its connection stay alive until it is dropped, so that a method that
+/// looks at /proc only now and then can still find them.
 #[derive(Debug)]
 pub struct Canary {
+    /// Held open: the canary process lives until it sees end of file.
+    process: Option<(Child, ChildStdin)>,
+    _connection: Option<(TcpListener, TcpStream, TcpStream)>,
     expected_nonce: String,
     exec_pid: u32,
     /// Port of the listener the TCP part connected to; None for a
@@ -55,23 +60,27 @@ impl Canary {
         let started = Instant::now();
         let mut child = Command::new(std::env::current_exe()?)
             .args([SUBCOMMAND, &nonce])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let exec_pid = child.id();
-        std::thread::spawn(move || child.wait());
-        let tcp_port = if with_tcp {
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let connection = if with_tcp {
             let listener = TcpListener::bind("127.0.0.1:0")?;
-            let port = listener.local_addr()?.port();
-            let client = TcpStream::connect(("127.0.0.1", port))?;
+            let client = TcpStream::connect(listener.local_addr()?)?;
             let (server, _) = listener.accept()?;
-            drop((client, server, listener));
-            Some(port)
+            Some((listener, client, server))
         } else {
             None
         };
+        let tcp_port = match &connection {
+            Some((listener, _, _)) => Some(listener.local_addr()?.port()),
+            None => None,
+        };
         Ok(Canary {
+            process: Some((child, stdin)),
+            _connection: connection,
             expected_nonce,
             exec_pid,
             tcp_port,
@@ -118,6 +127,16 @@ impl Canary {
                 self.seen_tcp = true;
             }
             _ => {}
+        }
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        if let Some((mut child, stdin)) = self.process.take() {
+            drop(stdin);
+            // Reap it without waiting here.
+            std::thread::spawn(move || child.wait());
         }
     }
 }

@@ -44,7 +44,10 @@ fn verdicts(features: &FeatureReport) -> Vec<MethodVerdict> {
 
 /// Prints the report; fails when no method can run.
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
-    let features = features::probe_all(args.btf.as_deref());
+    let features = features::probe_all(
+        args.btf.as_deref(),
+        Check::from_result(auspex_proc::probe_connector()),
+    );
     let report = Report {
         methods: verdicts(&features),
         features,

@@ -62,7 +62,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "core_bpf", "ebpf", "proc"])]
     pub method: String,
 
-    /// How long the self-check may take before the method is given up.
+    /// How often the proc method scans /proc for connections and endpoints.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub scan_interval: Duration,
+
+    /// How long the self-check may take before the method is given up (the
+    /// proc method gets one scan interval more).
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
     pub canary_timeout: Duration,
 

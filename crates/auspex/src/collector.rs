@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use auspex_events::Event;
 use auspex_probe::CoreBpf;
+use auspex_proc::ProcCollector;
 
 /// A part of a method that could not run, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -58,5 +59,29 @@ impl Collector for CoreBpf {
                 reason: d.reason.clone(),
             })
             .collect()
+    }
+}
+
+impl Collector for ProcCollector {
+    fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        ProcCollector::poll(self, timeout, on_event)?;
+        Ok(())
+    }
+
+    fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        ProcCollector::poll(self, Duration::ZERO, on_event)?;
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        let s = self.stats();
+        Ok(vec![
+            ("proc_connector_overrun", s.connector_overruns),
+            ("process_forgotten", s.processes_forgotten),
+        ])
+    }
+
+    fn degraded(&self) -> Vec<Degraded> {
+        Vec::new()
     }
 }

@@ -43,7 +43,12 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
-        Command::Canary { .. } => Ok(()),
+        // Lives until the agent closes its stdin, so that its details can
+        // be read from /proc.
+        Command::Canary { .. } => {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

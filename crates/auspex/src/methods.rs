@@ -2,9 +2,11 @@
 //! the kernel. Adding a method is adding it here.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use auspex_probe::features::FeatureReport;
 use auspex_probe::{CoreBpf, ProbeConfig};
+use auspex_proc::ProcCollector;
 
 use crate::collector::{Collector, Degraded};
 
@@ -13,6 +15,8 @@ use crate::collector::{Collector, Degraded};
 pub struct MethodConfig {
     pub btf_file: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
+    /// How often the proc method scans /proc for sockets.
+    pub scan_interval: Duration,
 }
 
 pub trait Method {
@@ -21,6 +25,11 @@ pub trait Method {
     /// probes; `None` when it can.
     fn unmet(&self, features: &FeatureReport) -> Option<String>;
     fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>>;
+    /// Extra time the canary allows this method (one scan, for a method
+    /// that sees connections only when it scans).
+    fn canary_allowance(&self, _config: &MethodConfig) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Set (to anything) to put a method that sees nothing first in line: a
@@ -30,7 +39,7 @@ pub const BLIND_METHOD_ENV: &str = "AUSPEX_TEST_BLIND_METHOD";
 
 /// The registered methods, best first: what `auto` tries, in this order.
 pub fn registered() -> Vec<Box<dyn Method>> {
-    let mut methods: Vec<Box<dyn Method>> = vec![Box::new(CoreBpfMethod)];
+    let mut methods: Vec<Box<dyn Method>> = vec![Box::new(CoreBpfMethod), Box::new(ProcMethod)];
     if std::env::var_os(BLIND_METHOD_ENV).is_some() {
         methods.insert(0, Box::new(Blind));
     }
@@ -79,6 +88,29 @@ impl Method for CoreBpfMethod {
             ring_buffer_bytes: config.ring_buffer_bytes,
         })?;
         Ok(Box::new(probe))
+    }
+}
+
+/// No BPF: the netlink process connector and /proc scans.
+pub struct ProcMethod;
+
+impl Method for ProcMethod {
+    fn name(&self) -> &'static str {
+        "proc"
+    }
+
+    fn unmet(&self, f: &FeatureReport) -> Option<String> {
+        (!f.proc_connector.ok).then(|| format!("proc connector: {}", f.proc_connector.detail))
+    }
+
+    fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
+        let collector = ProcCollector::start(config.scan_interval)
+            .map_err(|e| anyhow::anyhow!("subscribing to the process connector failed: {e}"))?;
+        Ok(Box::new(collector))
+    }
+
+    fn canary_allowance(&self, config: &MethodConfig) -> Duration {
+        config.scan_interval
     }
 }
 

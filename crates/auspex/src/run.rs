@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use auspex_probe::btf::KERNEL_BTF;
-use auspex_probe::features::{self, FeatureReport};
+use auspex_probe::features::{self, Check, FeatureReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::canary::{timed_out, Canary, CanaryEvents};
@@ -52,7 +52,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
-    let features = features::probe_all(args.btf.as_deref());
+    let features = features::probe_all(
+        args.btf.as_deref(),
+        Check::from_result(auspex_proc::probe_connector()),
+    );
     {
         let mut s = status.lock().unwrap();
         s.method_requested = args.method.clone();
@@ -134,6 +137,7 @@ impl Agent {
         let config = MethodConfig {
             btf_file: args.btf.clone(),
             ring_buffer_bytes: args.ring_buffer_size,
+            scan_interval: args.scan_interval,
         };
         let names: Vec<&'static str> = candidates.iter().map(|m| m.name()).collect();
         for (i, method) in candidates.iter().enumerate() {
@@ -204,7 +208,10 @@ impl Agent {
         let mut collector = method
             .start(config)
             .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
-        let check = self.canary(collector.as_mut(), canary_timeout);
+        let check = self.canary(
+            collector.as_mut(),
+            canary_timeout + method.canary_allowance(config),
+        );
         let passed = check.passed;
         let detail = check.detail.clone();
         self.status.lock().unwrap().canary = Some(check);

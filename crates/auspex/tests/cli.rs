@@ -1,158 +1,15 @@
 //! `auspex run` as a user runs it: real probe, real processes, JSON lines
 //! out, clear errors for bad input. Needs root and kernel BTF.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::{auspex_run, canonical, error_line, run_failing, Agent, AUSPEX, DEADLINE};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-const AUSPEX: &str = env!("CARGO_BIN_EXE_auspex");
-const DEADLINE: Duration = Duration::from_secs(15);
-
-/// A running `auspex run --output FILE`, with its stderr collected.
-struct Agent {
-    child: Child,
-    output: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(extra: &[&str]) -> Agent {
-        let mut command = Command::new(AUSPEX);
-        command.arg("run");
-        Self::launch(command, extra)
-    }
-
-    /// Starts `command` (which must end up running `auspex run`) with an
-    /// output file, an HTTP API on a free port and `extra` arguments.
-    fn launch(mut command: Command, extra: &[&str]) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("events.jsonl");
-        let mut child = command
-            .arg("--output")
-            .arg(&output)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                lines.lock().unwrap().push(line.unwrap());
-            }
-        });
-        let agent = Agent {
-            child,
-            output,
-            stderr,
-            _dir: dir,
-        };
-        agent.wait_until("the probe is attached", |a| {
-            a.stderr_text().contains("probes attached")
-        });
-        agent
-    }
-
-    /// GET `path` from the agent's HTTP API: (status code, body).
-    fn http_get(&self, path: &str) -> (u16, String) {
-        let text = self.stderr_text();
-        let addr = text
-            .split("HTTP API on http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"));
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, body.to_string())
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-            .collect()
-    }
-
-    fn wait_until(&self, what: &str, done: impl Fn(&Agent) -> bool) {
-        let start = Instant::now();
-        while !done(self) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting until {what}.\nagent stderr:\n{}",
-                self.stderr_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The first event of `kind` about `pid`; fails listing what was seen.
-    fn event(&self, kind: &str, pid: u32) -> Value {
-        self.event_where(kind, pid, |_| true)
-    }
-
-    /// The first event of `kind` about `pid` that `also` accepts.
-    fn event_where(&self, kind: &str, pid: u32, also: impl Fn(&Value) -> bool) -> Value {
-        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid && also(e);
-        let start = Instant::now();
-        loop {
-            let events = self.events();
-            if let Some(e) = events.iter().find(|e| matches(e)) {
-                return e.clone();
-            }
-            if start.elapsed() > DEADLINE {
-                let related: Vec<String> = events
-                    .iter()
-                    .filter(|e| e["process"]["pid"] == pid || e["process"]["ppid"] == pid)
-                    .map(Value::to_string)
-                    .collect();
-                panic!(
-                    "no {kind} event for pid {pid}; {} events written, those about it:\n{}\n\
-                     agent stderr:\n{}",
-                    events.len(),
-                    related.join("\n"),
-                    self.stderr_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Sends `signal` and returns the exit status and the stderr lines.
-    fn stop(mut self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-        let status = self.child.wait().unwrap();
-        // Let the reader thread see EOF.
-        std::thread::sleep(Duration::from_millis(50));
-        let lines = self.stderr.lock().unwrap().clone();
-        (status, lines)
-    }
-}
-
-fn canonical(path: &str) -> String {
-    std::fs::canonicalize(path)
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
 
 #[test]
 fn run_writes_exact_exec_fork_exit_events_and_stops_cleanly() {
@@ -286,50 +143,18 @@ fn network_events_name_the_owning_processes_and_their_executables() {
     assert!(status.success(), "{status}: {stderr:?}");
 }
 
-/// Runs auspex to completion (it must fail) and returns its output.
-fn run_failing(command: &mut Command) -> (i32, String) {
-    let Output {
-        status,
-        stderr,
-        stdout,
-    } = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    assert!(
-        stdout.is_empty(),
-        "nothing belongs on stdout: {:?}",
-        String::from_utf8_lossy(&stdout)
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (status.code().expect("exited, not killed"), stderr)
-}
-
-fn auspex_run(args: &[&str]) -> Command {
-    let mut c = Command::new(AUSPEX);
-    c.args(["run", "--listen", "off"]).args(args);
-    c
-}
-
-/// The line `auspex: error: ...` among the agent's log lines.
-fn error_line(stderr: &str) -> &str {
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("auspex: error: "))
-        .collect();
-    assert_eq!(
-        errors.len(),
-        1,
-        "exactly one error line expected:\n{stderr}"
-    );
-    errors[0]
-}
-
 #[test]
 fn missing_btf_file_is_one_clear_line() {
-    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", "/nonexistent/vmlinux"]));
+    let (code, stderr) = run_failing(&mut auspex_run(&[
+        "--method",
+        "core_bpf",
+        "--btf",
+        "/nonexistent/vmlinux",
+    ]));
     assert_eq!(code, 1);
     assert_eq!(
         error_line(&stderr),
-        "auspex: error: no collection method can run here: core_bpf (skipped): BTF file \
+        "auspex: error: the core_bpf method cannot run here: core_bpf (skipped): BTF file \
          /nonexistent/vmlinux does not exist"
     );
 }
@@ -342,7 +167,8 @@ fn corrupt_btf_files_are_one_clear_line() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
     std::fs::write(&random, bytes).unwrap();
-    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", random.to_str().unwrap()]));
+    let core_bpf = |btf: &str| auspex_run(&["--method", "core_bpf", "--btf", btf]);
+    let (code, stderr) = run_failing(&mut core_bpf(random.to_str().unwrap()));
     assert_eq!(code, 1);
     assert!(
         error_line(&stderr).ends_with(&format!(
@@ -357,7 +183,7 @@ fn corrupt_btf_files_are_one_clear_line() {
     let truncated = dir.path().join("truncated.btf");
     let kernel = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
     std::fs::write(&truncated, &kernel[..kernel.len() / 3]).unwrap();
-    let (code, stderr) = run_failing(&mut auspex_run(&["--btf", truncated.to_str().unwrap()]));
+    let (code, stderr) = run_failing(&mut core_bpf(truncated.to_str().unwrap()));
     assert_eq!(code, 1);
     assert!(
         error_line(&stderr).ends_with("corrupt or truncated BTF"),
@@ -366,9 +192,9 @@ fn corrupt_btf_files_are_one_clear_line() {
 }
 
 #[test]
-fn without_capabilities_the_error_names_them() {
+fn without_capabilities_core_bpf_fails_naming_them() {
     // Root, but with every capability dropped from the bounding set, so the
-    // exec'd agent has none.
+    // exec'd agent has none. (auto would move on to the proc method.)
     let (code, stderr) = run_failing(Command::new("setpriv").args([
         "--bounding-set=-all",
         "--inh-caps=-all",
@@ -377,11 +203,13 @@ fn without_capabilities_the_error_names_them() {
         "run",
         "--listen",
         "off",
+        "--method",
+        "core_bpf",
     ]));
     assert_eq!(code, 1);
     assert!(
         error_line(&stderr).starts_with(
-            "auspex: error: no collection method can run here: core_bpf (skipped): privileges: \
+            "auspex: error: the core_bpf method cannot run here: core_bpf (skipped): privileges: \
              needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN"
         ),
         "{stderr}"
@@ -411,27 +239,50 @@ const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vml
                              the kernel was built without CONFIG_DEBUG_INFO_BTF";
 
 #[test]
-fn kernel_without_btf_skips_core_bpf_with_the_reason() {
-    // auto: core_bpf is skipped, and nothing else can run yet.
-    let (code, stderr) = run_without_kernel_btf(&[]);
-    assert_eq!(code, 1);
-    let error = error_line(&stderr);
+fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
+    // auto: core_bpf is skipped with the reason, and the next method runs.
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        AUSPEX,
+    ]);
+    let agent = Agent::launch(command, &["--scan-interval", "0.5"]);
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["method"], "proc", "{s:#}");
+    assert_eq!(s["attempts"][0]["method"], "core_bpf", "{s:#}");
+    assert_eq!(s["attempts"][0]["outcome"], "skipped", "{s:#}");
+    let reason = s["attempts"][0]["reason"].as_str().unwrap();
     assert!(
-        error.starts_with(&format!(
-            "auspex: error: no collection method can run here: {NO_KERNEL_BTF}"
-        )),
-        "{stderr}"
+        reason.starts_with(&NO_KERNEL_BTF["core_bpf (skipped): ".len()..]),
+        "{reason}"
     );
-    // The startup diagnostics name the attempt, its outcome and the BTF source.
+    assert_eq!(s["attempts"][1]["method"], "proc", "{s:#}");
+    assert_eq!(s["attempts"][1]["outcome"], "active", "{s:#}");
+    assert_eq!(s["features"]["kernel_btf"]["ok"], false, "{s:#}");
+    // The startup diagnostics name each attempt, its outcome and the BTF source.
+    let log = agent.stderr_text();
     assert!(
-        stderr.contains("method selection (requested: auto; BTF: kernel /sys/kernel/btf/vmlinux)"),
-        "{stderr}"
+        log.contains("method selection (requested: auto; BTF: kernel /sys/kernel/btf/vmlinux)"),
+        "{log}"
     );
-    assert!(stderr.contains("core_bpf: skipped after "), "{stderr}");
+    assert!(log.contains("core_bpf: skipped after "), "{log}");
+    assert!(log.contains("proc: active after "), "{log}");
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
 
-    // A --btf file cannot stand in for the kernel's BTF (tp_btf attaches
-    // through it); a missing or corrupt one is named as well.
-    let (code, stderr) = run_without_kernel_btf(&["--btf", "/nonexistent/vmlinux.btf"]);
+#[test]
+fn without_kernel_btf_a_btf_file_cannot_stand_in_for_core_bpf() {
+    // A --btf file cannot replace the kernel's BTF (tp_btf attaches through
+    // it); a missing or corrupt one is named as well.
+    let (code, stderr) =
+        run_without_kernel_btf(&["--method", "core_bpf", "--btf", "/nonexistent/vmlinux.btf"]);
     assert_eq!(code, 1);
     let error = error_line(&stderr);
     assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
@@ -443,7 +294,8 @@ fn kernel_without_btf_skips_core_bpf_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("corrupt.btf");
     std::fs::write(&corrupt, vec![0x5a; 4096]).unwrap();
-    let (code, stderr) = run_without_kernel_btf(&["--btf", corrupt.to_str().unwrap()]);
+    let (code, stderr) =
+        run_without_kernel_btf(&["--method", "core_bpf", "--btf", corrupt.to_str().unwrap()]);
     assert_eq!(code, 1);
     let error = error_line(&stderr);
     assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
@@ -464,9 +316,17 @@ fn explicit_core_bpf_without_btf_fails_with_the_reason() {
 
 #[test]
 fn a_method_whose_canary_misses_is_unloaded_with_the_reason() {
+    // Every canary misses: each method is given up in turn, with its reason.
     let (code, stderr) = run_failing(
-        auspex_run(&["--canary-timeout", "1", "--output", "/dev/null"])
-            .env("AUSPEX_TEST_CANARY_MISS", "1"),
+        auspex_run(&[
+            "--canary-timeout",
+            "1",
+            "--scan-interval",
+            "0.5",
+            "--output",
+            "/dev/null",
+        ])
+        .env("AUSPEX_TEST_CANARY_MISS", "1"),
     );
     assert_eq!(code, 1);
     let error = error_line(&stderr);
@@ -474,23 +334,24 @@ fn a_method_whose_canary_misses_is_unloaded_with_the_reason() {
         error.starts_with(
             "auspex: error: no collection method can run here: core_bpf (canary missed): did not \
              see the exec of pid "
-        ) && error.ends_with("with its nonce within 1s"),
+        ) && error.contains("with its nonce within 1s; proc (canary missed): did not see the exec")
+            && error.ends_with("within 1.5s"),
         "{stderr}"
     );
-    // It was given up for the next method (none is registered after it yet).
     assert!(
-        stderr.contains("canary missed") && stderr.contains("next=\"none\""),
+        stderr.contains("method=\"core_bpf\" next=\"proc\""),
         "{stderr}"
     );
+    assert!(stderr.contains("method=\"proc\" next=\"none\""), "{stderr}");
 }
 
 #[test]
 fn explicit_methods_not_built_yet_are_refused() {
-    let (code, stderr) = run_failing(&mut auspex_run(&["--method", "proc"]));
+    let (code, stderr) = run_failing(&mut auspex_run(&["--method", "ebpf"]));
     assert_eq!(code, 1);
     assert_eq!(
         error_line(&stderr),
-        "auspex: error: the proc method is not available in this build yet"
+        "auspex: error: the ebpf method is not available in this build yet"
     );
 }
 
@@ -687,6 +548,8 @@ fn a_fatal_error_is_written_to_the_termination_log() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let path = log.path().to_str().unwrap();
     let (code, stderr) = run_failing(&mut auspex_run(&[
+        "--method",
+        "core_bpf",
         "--btf",
         "/nonexistent/vmlinux",
         "--termination-log",

@@ -1,0 +1,193 @@
+//! What the agent's tests share: a running agent with its output, log and
+//! HTTP API at hand, and helpers for runs that must fail.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const AUSPEX: &str = env!("CARGO_BIN_EXE_auspex");
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running `auspex run --output FILE`, with its stderr collected.
+pub struct Agent {
+    pub child: Child,
+    output: PathBuf,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let mut command = Command::new(AUSPEX);
+        command.arg("run");
+        Self::launch(command, extra)
+    }
+
+    /// Starts `command` (which must end up running `auspex run`) with an
+    /// output file, an HTTP API on a free port and `extra` arguments.
+    pub fn launch(mut command: Command, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("events.jsonl");
+        let mut child = command
+            .arg("--output")
+            .arg(&output)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                lines.lock().unwrap().push(line.unwrap());
+            }
+        });
+        let agent = Agent {
+            child,
+            output,
+            stderr,
+            _dir: dir,
+        };
+        agent.wait_until("the probe is attached", |a| {
+            a.stderr_text().contains("probes attached")
+        });
+        agent
+    }
+
+    /// GET `path` from the agent's HTTP API: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let text = self.stderr_text();
+        let addr = text
+            .split("HTTP API on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"));
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, body.to_string())
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn wait_until(&self, what: &str, done: impl Fn(&Agent) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting until {what}.\nagent stderr:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The first event of `kind` about `pid`; fails listing what was seen.
+    pub fn event(&self, kind: &str, pid: u32) -> Value {
+        self.event_where(kind, pid, |_| true)
+    }
+
+    /// The first event of `kind` about `pid` that `also` accepts.
+    pub fn event_where(&self, kind: &str, pid: u32, also: impl Fn(&Value) -> bool) -> Value {
+        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid && also(e);
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            if let Some(e) = events.iter().find(|e| matches(e)) {
+                return e.clone();
+            }
+            if start.elapsed() > DEADLINE {
+                let related: Vec<String> = events
+                    .iter()
+                    .filter(|e| e["process"]["pid"] == pid || e["process"]["ppid"] == pid)
+                    .map(Value::to_string)
+                    .collect();
+                panic!(
+                    "no {kind} event for pid {pid}; {} events written, those about it:\n{}\n\
+                     agent stderr:\n{}",
+                    events.len(),
+                    related.join("\n"),
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` and returns the exit status and the stderr lines.
+    pub fn stop(mut self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        let status = self.child.wait().unwrap();
+        // Let the reader thread see EOF.
+        std::thread::sleep(Duration::from_millis(50));
+        let lines = self.stderr.lock().unwrap().clone();
+        (status, lines)
+    }
+}
+
+pub fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs auspex to completion (it must fail) and returns its output.
+pub fn run_failing(command: &mut Command) -> (i32, String) {
+    let Output {
+        status,
+        stderr,
+        stdout,
+    } = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(
+        stdout.is_empty(),
+        "nothing belongs on stdout: {:?}",
+        String::from_utf8_lossy(&stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (status.code().expect("exited, not killed"), stderr)
+}
+
+pub fn auspex_run(args: &[&str]) -> Command {
+    let mut c = Command::new(AUSPEX);
+    c.args(["run", "--listen", "off"]).args(args);
+    c
+}
+
+/// The line `auspex: error: ...` among the agent's log lines.
+pub fn error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("auspex: error: "))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one error line expected:\n{stderr}"
+    );
+    errors[0]
+}
