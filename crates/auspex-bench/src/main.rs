@@ -39,6 +39,9 @@ struct Args {
 enum Mode {
     /// A syscall the agent has no interest in: must not slow down.
     Getppid,
+    /// The proc method's /proc scan with 1,000 extra processes and 10,000
+    /// sockets: CPU time per scan (no agent involved).
+    ProcScan,
 }
 
 /// Runs the workload for `seconds` and returns operations per second.
@@ -55,6 +58,7 @@ fn run(mode: Mode, seconds: f64) -> f64 {
                 ops += 1000;
             }
         }
+        Mode::ProcScan => unreachable!("not a workload"),
     }
     ops as f64 / start.elapsed().as_secs_f64()
 }
@@ -94,8 +98,63 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Times `Scanner::scan` with 1,000 sleeping processes and 5,000 loopback
+/// TCP connections (10,000 sockets) alive.
+fn proc_scan(reps: usize) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    let mut sleepers = Vec::new();
+    for _ in 0..1000 {
+        sleepers.push(Command::new("sleep").arg("600").spawn()?);
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut sockets = Vec::new();
+    for _ in 0..5000 {
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        sockets.push((client, server));
+    }
+    let cpu = || -> anyhow::Result<Duration> {
+        let u = getrusage(UsageWho::RUSAGE_SELF)?;
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+        };
+        Ok(t(u.user_time()) + t(u.system_time()))
+    };
+    let mut scanner = auspex_proc::Scanner::new(auspex_proc::ProcReader::new());
+    // The first scan reads every process's details; later ones reuse them.
+    let first_start = (cpu()?, Instant::now());
+    let opened = scanner.scan(chrono::Utc::now()).len();
+    let first = (cpu()? - first_start.0, first_start.1.elapsed());
+    let mut runs = Vec::new();
+    for _ in 0..reps {
+        let (c0, w0) = (cpu()?, Instant::now());
+        scanner.scan(chrono::Utc::now());
+        runs.push(((cpu()? - c0).as_secs_f64(), w0.elapsed().as_secs_f64()));
+    }
+    for mut s in sleepers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let cpu_median = median(runs.iter().map(|r| r.0).collect());
+    let wall_median = median(runs.iter().map(|r| r.1).collect());
+    println!(
+        "ProcScan: first scan {:.1} ms CPU ({:.1} ms wall, {opened} opens); then median {:.1} ms \
+         CPU, {:.1} ms wall per scan ({reps} scans; 1,000 extra processes, 10,000 extra sockets)",
+        first.0.as_secs_f64() * 1e3,
+        first.1.as_secs_f64() * 1e3,
+        cpu_median * 1e3,
+        wall_median * 1e3,
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Mode::ProcScan = args.mode {
+        return proc_scan(args.reps);
+    }
     let mut cpus = CpuSet::new();
     cpus.set(args.cpu)?;
     sched_setaffinity(Pid::from_raw(0), &cpus).context("pinning the workload")?;

@@ -11,3 +11,4 @@ mod scan;
 pub use collector::{ProcCollector, ProcStats};
 pub use connector::probe as probe_connector;
 pub use procinfo::ProcReader;
+pub use scan::Scanner;
