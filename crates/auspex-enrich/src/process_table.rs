@@ -1,57 +1,163 @@
-//! The executables of live processes, learned from exec events, so that
-//! fork, exit and network events carry their process's `exe` too.
+//! Live processes, learned from process events (and the startup scrape), so
+//! that every event carries its process's exe, args and container, and
+//! execs carry their lineage.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use auspex_events::{Event, EventKind};
+use auspex_events::{Ancestor, Event, EventKind, Process};
+use auspex_proc::ProcReader;
 
-/// Where a process's executable is read when no exec was seen (processes
-/// that started before Auspex): /proc in production, a fake in tests.
+use crate::container_id;
+
+/// Where what the events do not say is read (processes that started before
+/// Auspex, cgroup paths): /proc in production, a fake in tests.
 pub trait ProcFs {
-    fn exe(&self, pid: u32) -> Option<String>;
+    /// What /proc says about a process now; None when it is gone.
+    fn process(&self, pid: u32) -> Option<Process>;
+    /// The process's cgroup paths, the cgroup v2 one first.
+    fn cgroups(&self, pid: u32) -> Vec<String>;
+    /// The path of the cgroup v2 directory whose id (inode) is `id`; None
+    /// for the root or an unknown id.
+    fn cgroup_path(&self, id: u64) -> Option<String>;
 }
 
-/// The real /proc.
-pub struct SystemProc;
+/// The real /proc (and cgroup v2 hierarchy).
+pub struct SystemProc {
+    reader: ProcReader,
+    cgroup2: Option<PathBuf>,
+}
 
-impl ProcFs for SystemProc {
-    fn exe(&self, pid: u32) -> Option<String> {
-        let pid = i32::try_from(pid).ok()?;
-        let exe = procfs::process::Process::new(pid).ok()?.exe().ok()?;
-        Some(exe.to_string_lossy().into_owned())
+impl Default for SystemProc {
+    fn default() -> Self {
+        let cgroup2 = procfs::process::Process::myself()
+            .and_then(|p| p.mountinfo())
+            .ok()
+            .and_then(|mounts| {
+                mounts
+                    .into_iter()
+                    .find(|m| m.fs_type == "cgroup2" && m.root == "/")
+                    .map(|m| m.mount_point)
+            });
+        SystemProc {
+            reader: ProcReader::new(),
+            cgroup2,
+        }
     }
 }
 
+/// Finds the directory with inode `id` below `dir`, breadth first.
+fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(dir) = queue.pop_front() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if entry.metadata().is_ok_and(|m| m.ino() == id) {
+                    return Some(entry.path());
+                }
+                queue.push_back(entry.path());
+            }
+        }
+    }
+    None
+}
+
+impl ProcFs for SystemProc {
+    fn process(&self, pid: u32) -> Option<Process> {
+        procfs::process::Process::new(pid as i32).ok()?;
+        Some(self.reader.process(pid, pid))
+    }
+
+    fn cgroups(&self, pid: u32) -> Vec<String> {
+        let Ok(cgroups) = procfs::process::Process::new(pid as i32).and_then(|p| p.cgroups())
+        else {
+            return Vec::new();
+        };
+        let mut paths: Vec<(bool, String)> = cgroups
+            .0
+            .into_iter()
+            .map(|c| (c.hierarchy != 0, c.pathname))
+            .collect();
+        paths.sort_by_key(|(v1, _)| *v1);
+        paths.into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        let root = self.cgroup2.as_ref()?;
+        let found = find_cgroup(root, id)?;
+        let relative = found.strip_prefix(root).ok()?;
+        Some(format!("/{}", relative.display()))
+    }
+}
+
+/// Ancestors a lineage holds at most.
+const LINEAGE_MAX: usize = 10;
+/// cgroup ids whose container is remembered.
+const CGROUPS_REMEMBERED: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    ppid: u32,
+    uid: u32,
+    exe: Option<String>,
+    args: Option<Vec<String>>,
+    args_truncated: Option<bool>,
+    cgroup_id: u64,
+    container_id: Option<String>,
+}
+
 /// Live processes by pid. Bounded: at capacity an arbitrary entry is
-/// forgotten (its process's exe is then read from /proc again), and counted.
+/// forgotten (it is read from /proc again if needed), and counted.
 pub struct ProcessTable<P: ProcFs = SystemProc> {
-    exe_by_pid: HashMap<u32, Option<String>>,
+    entries: HashMap<u32, Entry>,
     capacity: usize,
     evicted: u64,
+    /// Container by cgroup id, for cgroup ids that tell containers apart
+    /// (on hosts where processes sit in the cgroup v2 root, they do not).
+    containers: HashMap<u64, Option<String>>,
+    /// cgroup ids without a path below the v2 root (the root itself).
+    pathless: std::collections::HashSet<u64>,
     proc: P,
 }
 
 impl ProcessTable<SystemProc> {
     pub fn new(capacity: usize) -> Self {
-        Self::with_proc(capacity, SystemProc)
+        Self::with_proc(capacity, SystemProc::default())
     }
 }
 
 impl<P: ProcFs> ProcessTable<P> {
     pub fn with_proc(capacity: usize, proc: P) -> Self {
         ProcessTable {
-            exe_by_pid: HashMap::new(),
+            entries: HashMap::new(),
             capacity,
             evicted: 0,
+            containers: HashMap::new(),
+            pathless: std::collections::HashSet::new(),
             proc,
         }
     }
 
-    /// Learns from `event` and fills in its process's exe where missing.
+    /// Learns from `event` and fills in what its process lacks.
     pub fn apply(&mut self, event: &mut Event) {
         match &mut event.kind {
             EventKind::ProcessExec { process } => {
-                self.insert(process.pid, process.exe.clone());
+                let container = self.resolve_container(process.pid, process.cgroup_id);
+                self.insert(
+                    process.pid,
+                    Entry {
+                        ppid: process.ppid,
+                        uid: process.uid,
+                        exe: process.exe.clone(),
+                        args: process.args.clone(),
+                        args_truncated: process.args_truncated,
+                        cgroup_id: process.cgroup_id,
+                        container_id: container.clone(),
+                    },
+                );
+                process.lineage = Some(self.lineage(process.ppid, &container));
+                process.container_id = container;
                 return;
             }
             EventKind::ProcessFork {
@@ -59,20 +165,41 @@ impl<P: ProcFs> ProcessTable<P> {
                 parent,
                 thread: false,
             } => {
-                // A forked child runs its parent's image until it execs.
-                let exe = self.lookup(parent.pid);
-                self.insert(process.pid, exe);
+                // A forked child runs its parent's image, in its cgroup
+                // unless it was cloned into another.
+                if let Some(mut entry) = self.lookup(parent.pid) {
+                    entry.ppid = parent.pid;
+                    entry.uid = process.uid;
+                    if entry.cgroup_id != process.cgroup_id && process.cgroup_id != 0 {
+                        entry.container_id = self.resolve_container(process.pid, process.cgroup_id);
+                        entry.cgroup_id = process.cgroup_id;
+                    }
+                    self.insert(process.pid, entry);
+                }
             }
             _ => {}
         }
         let exiting = matches!(event.kind, EventKind::ProcessExit { .. });
-        if let Some(process) = event.kind.process_mut() {
+        let Some(process) = event.kind.process_mut() else {
+            return;
+        };
+        if let Some(entry) = self.lookup(process.pid) {
             if process.exe.is_none() {
-                process.exe = self.lookup(process.pid);
+                process.exe = entry.exe;
             }
-            if exiting {
-                self.exe_by_pid.remove(&process.pid);
+            if process.args.is_none() {
+                process.args = entry.args;
+                process.args_truncated = entry.args_truncated;
             }
+            process.container_id = if entry.cgroup_id == process.cgroup_id || process.cgroup_id == 0
+            {
+                entry.container_id
+            } else {
+                self.resolve_container(process.pid, process.cgroup_id)
+            };
+        }
+        if exiting {
+            self.entries.remove(&process.pid);
         }
     }
 
@@ -82,81 +209,179 @@ impl<P: ProcFs> ProcessTable<P> {
     }
 
     pub fn len(&self) -> usize {
-        self.exe_by_pid.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exe_by_pid.is_empty()
+        self.entries.is_empty()
     }
 
-    fn lookup(&mut self, pid: u32) -> Option<String> {
-        if let Some(exe) = self.exe_by_pid.get(&pid) {
-            return exe.clone();
+    /// The ancestors from `ppid` up, nearest first, while they are in
+    /// `container`; consecutive identical executables collapsed.
+    fn lineage(&mut self, ppid: u32, container: &Option<String>) -> Vec<Ancestor> {
+        let mut lineage: Vec<Ancestor> = Vec::new();
+        let mut pid = ppid;
+        // Bounded twice: by the lineage's size, and by the steps taken (a
+        // run of identical executables collapses into one entry).
+        for _ in 0..64 {
+            if pid == 0 || lineage.len() == LINEAGE_MAX {
+                break;
+            }
+            let Some(entry) = self.lookup(pid) else { break };
+            if entry.container_id != *container {
+                break;
+            }
+            if lineage.last().is_none_or(|a| a.exe != entry.exe) {
+                lineage.push(Ancestor {
+                    uid: entry.uid,
+                    exe: entry.exe,
+                });
+            }
+            pid = entry.ppid;
         }
-        let exe = self.proc.exe(pid);
-        if exe.is_some() {
-            self.insert(pid, exe.clone());
-        }
-        exe
+        lineage
     }
 
-    fn insert(&mut self, pid: u32, exe: Option<String>) {
-        if !self.exe_by_pid.contains_key(&pid) && self.exe_by_pid.len() >= self.capacity {
-            if let Some(victim) = self.exe_by_pid.keys().next().copied() {
-                self.exe_by_pid.remove(&victim);
+    /// A process's entry, read from /proc (and remembered) when unknown.
+    fn lookup(&mut self, pid: u32) -> Option<Entry> {
+        if let Some(entry) = self.entries.get(&pid) {
+            return Some(entry.clone());
+        }
+        let p = self.proc.process(pid)?;
+        let entry = Entry {
+            ppid: p.ppid,
+            uid: p.uid,
+            container_id: self.resolve_container(pid, p.cgroup_id),
+            exe: p.exe,
+            args: p.args,
+            args_truncated: p.args_truncated,
+            cgroup_id: p.cgroup_id,
+        };
+        self.insert(pid, entry.clone());
+        Some(entry)
+    }
+
+    /// The container of process `pid`, which is in cgroup `cgroup_id`:
+    /// known for that cgroup, else found from the cgroup's path (by its id:
+    /// the process may be gone already), else from the process's cgroup
+    /// paths (cgroup v1, or processes in the v2 root, where the id tells
+    /// containers apart not at all).
+    fn resolve_container(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
+        if let Some(known) = self.containers.get(&cgroup_id) {
+            return known.clone();
+        }
+        if !self.pathless.contains(&cgroup_id) {
+            if self.containers.len() + self.pathless.len() >= CGROUPS_REMEMBERED {
+                self.containers.clear();
+                self.pathless.clear();
+            }
+            match self.proc.cgroup_path(cgroup_id) {
+                Some(path) => {
+                    let container = container_id::from_cgroup_path(&path);
+                    self.containers.insert(cgroup_id, container.clone());
+                    return container;
+                }
+                // The root, or a cgroup gone already: never searched again.
+                None => {
+                    self.pathless.insert(cgroup_id);
+                }
+            }
+        }
+        self.proc
+            .cgroups(pid)
+            .iter()
+            .find_map(|p| container_id::from_cgroup_path(p))
+    }
+
+    fn insert(&mut self, pid: u32, entry: Entry) {
+        if !self.entries.contains_key(&pid) && self.entries.len() >= self.capacity {
+            if let Some(victim) = self.entries.keys().next().copied() {
+                self.entries.remove(&victim);
                 self.evicted += 1;
             }
         }
-        self.exe_by_pid.insert(pid, exe);
+        self.entries.insert(pid, entry);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use auspex_events::{Connection, ExitStatus, Process, Protocol, SockId, SocketAddr, TaskId};
+    use auspex_events::{Connection, ExitStatus, Protocol, SockId, SocketAddr, TaskId};
     use std::cell::Cell;
 
-    /// A /proc that knows pid 1 and counts how often it is asked.
+    const CONTAINER: &str = "/kubepods/besteffort/pod1/3b1a8c2d4e5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcdef";
+
+    /// A /proc with a few processes: 1 (init) → 50 (containerd-shim) →
+    /// 60 (the container's init, in the container) → 70 (a shell in it).
     #[derive(Default)]
     struct FakeProc {
         reads: Cell<u32>,
+        cgroup_reads: Cell<u32>,
     }
 
     impl ProcFs for &FakeProc {
-        fn exe(&self, pid: u32) -> Option<String> {
+        fn process(&self, pid: u32) -> Option<Process> {
             self.reads.set(self.reads.get() + 1);
-            (pid == 1).then(|| "/sbin/init".to_string())
+            let (ppid, exe, cgroup_id) = match pid {
+                1 => (0, "/sbin/init", 1),
+                50 => (1, "/usr/bin/containerd-shim", 1),
+                60 => (50, "/pause", 9),
+                70 => (60, "/bin/sh", 9),
+                _ => return None,
+            };
+            Some(Process {
+                pid,
+                tid: pid,
+                ppid,
+                exe: Some(exe.into()),
+                cgroup_id,
+                ..Process::default()
+            })
+        }
+
+        fn cgroups(&self, pid: u32) -> Vec<String> {
+            self.cgroup_reads.set(self.cgroup_reads.get() + 1);
+            match pid {
+                60 | 70 | 80 | 81 => vec![CONTAINER.into()],
+                _ => vec!["/".into(), "/init.scope".into()],
+            }
+        }
+
+        fn cgroup_path(&self, id: u64) -> Option<String> {
+            self.cgroup_reads.set(self.cgroup_reads.get() + 1);
+            (id == 9).then(|| CONTAINER.to_string())
         }
     }
 
     fn at(kind: EventKind) -> Event {
-        Event {
-            time: chrono::DateTime::from_timestamp(0, 0).unwrap(),
-            kind,
-        }
+        Event::new(chrono::DateTime::from_timestamp(0, 0).unwrap(), kind)
     }
 
-    fn process(pid: u32) -> Process {
+    fn process(pid: u32, ppid: u32, cgroup_id: u64) -> Process {
         Process {
             pid,
             tid: pid,
+            ppid,
+            cgroup_id,
             ..Process::default()
         }
     }
 
-    fn exec(pid: u32, exe: &str) -> Event {
+    fn exec(pid: u32, ppid: u32, exe: &str, cgroup_id: u64) -> Event {
         at(EventKind::ProcessExec {
             process: Process {
                 exe: Some(exe.into()),
-                ..process(pid)
+                args: Some(vec![exe.into(), "arg".into()]),
+                args_truncated: Some(false),
+                ..process(pid, ppid, cgroup_id)
             },
         })
     }
 
-    fn fork(parent: u32, child: u32) -> Event {
+    fn fork(parent: u32, child: u32, cgroup_id: u64) -> Event {
         at(EventKind::ProcessFork {
-            process: process(child),
+            process: process(child, parent, cgroup_id),
             parent: TaskId {
                 pid: parent,
                 tid: parent,
@@ -165,14 +390,14 @@ mod tests {
         })
     }
 
-    fn exit(pid: u32) -> Event {
+    fn exit(pid: u32, cgroup_id: u64) -> Event {
         at(EventKind::ProcessExit {
-            process: process(pid),
+            process: process(pid, 1, cgroup_id),
             status: ExitStatus::Exited { exit_code: 0 },
         })
     }
 
-    fn connection(pid: u32) -> Event {
+    fn connection(pid: u32, cgroup_id: u64) -> Event {
         let addr = SocketAddr {
             ip: "127.0.0.1".parse().unwrap(),
             port: 1,
@@ -184,71 +409,130 @@ mod tests {
             remote: addr,
             netns: 1,
             sock_id: SockId(1),
-            process: Some(process(pid)),
+            process: Some(process(pid, 1, cgroup_id)),
         }))
     }
 
-    fn exe_of(event: &Event) -> Option<&str> {
-        event.kind.process().and_then(|p| p.exe.as_deref())
+    fn p(event: &Event) -> &Process {
+        event.kind.process().unwrap()
+    }
+
+    fn exes(lineage: &[Ancestor]) -> Vec<&str> {
+        lineage
+            .iter()
+            .map(|a| a.exe.as_deref().unwrap_or("?"))
+            .collect()
     }
 
     #[test]
-    fn exe_follows_fork_exec_and_leaves_on_exit() {
+    fn exe_and_args_follow_fork_exec_and_leave_on_exit() {
         let proc = FakeProc::default();
         let mut table = ProcessTable::with_proc(16, &proc);
-        for mut e in [exec(10, "/usr/bin/bash"), fork(10, 11)] {
-            table.apply(&mut e);
-        }
-        let mut child_conn = connection(11);
-        table.apply(&mut child_conn);
+        let mut e = exec(10, 1, "/usr/bin/bash", 1);
+        table.apply(&mut e);
+        let mut e = fork(10, 11, 1);
+        table.apply(&mut e);
         assert_eq!(
-            exe_of(&child_conn),
+            p(&e).exe.as_deref(),
             Some("/usr/bin/bash"),
             "inherited at fork"
         );
+        let mut c = connection(11, 1);
+        table.apply(&mut c);
+        assert_eq!(p(&c).exe.as_deref(), Some("/usr/bin/bash"));
+        assert_eq!(p(&c).args, Some(vec!["/usr/bin/bash".into(), "arg".into()]));
 
-        let mut e = exec(11, "/usr/bin/curl");
+        let mut e = exec(11, 10, "/usr/bin/curl", 1);
         table.apply(&mut e);
-        let mut child_conn = connection(11);
-        table.apply(&mut child_conn);
+        let mut c = connection(11, 1);
+        table.apply(&mut c);
         assert_eq!(
-            exe_of(&child_conn),
+            p(&c).exe.as_deref(),
             Some("/usr/bin/curl"),
             "replaced at exec"
         );
 
-        let mut e = exit(11);
+        let mut e = exit(11, 1);
         table.apply(&mut e);
         assert_eq!(
-            exe_of(&e),
+            p(&e).exe.as_deref(),
             Some("/usr/bin/curl"),
             "the exit names what exited"
         );
-        assert_eq!(table.len(), 1);
-        assert_eq!(proc.reads.get(), 0, "/proc was not needed");
+        assert!(!table.entries.contains_key(&11));
     }
 
     #[test]
-    fn unknown_processes_are_read_from_proc_once() {
+    fn lineage_walks_up_collapsing_repeats_and_stops_at_the_container() {
         let proc = FakeProc::default();
-        let mut table = ProcessTable::with_proc(16, &proc);
-        for _ in 0..3 {
-            let mut e = connection(1);
-            table.apply(&mut e);
-            assert_eq!(exe_of(&e), Some("/sbin/init"));
+        let mut table = ProcessTable::with_proc(64, &proc);
+        // On the host: sh → sh → sh → curl under init.
+        for (pid, ppid) in [(20, 1), (21, 20), (22, 21)] {
+            table.apply(&mut exec(pid, ppid, "/bin/sh", 1));
         }
-        assert_eq!(proc.reads.get(), 1);
-        let mut gone = connection(999);
-        table.apply(&mut gone);
-        assert_eq!(exe_of(&gone), None);
+        let mut e = exec(23, 22, "/usr/bin/curl", 1);
+        table.apply(&mut e);
+        let lineage = p(&e).lineage.clone().unwrap();
+        assert_eq!(
+            exes(&lineage),
+            ["/bin/sh", "/sbin/init"],
+            "repeats collapse; init read from /proc"
+        );
+        assert_eq!(p(&e).container_id, None);
+
+        // In a container: 70 (sh, in it) execs; its parent 60 is in the
+        // container, 60's parent (the shim) is not: the lineage stops there.
+        let mut e = exec(80, 70, "/usr/bin/wget", 9);
+        table.apply(&mut e);
+        assert_eq!(p(&e).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        assert_eq!(exes(p(&e).lineage.as_ref().unwrap()), ["/bin/sh", "/pause"]);
+    }
+
+    #[test]
+    fn lineage_is_at_most_ten() {
+        let proc = FakeProc::default();
+        let mut table = ProcessTable::with_proc(64, &proc);
+        for pid in 100..130u32 {
+            table.apply(&mut exec(pid, pid - 1, &format!("/bin/step{pid}"), 1));
+        }
+        let mut e = exec(130, 129, "/bin/last", 1);
+        table.apply(&mut e);
+        let lineage = p(&e).lineage.clone().unwrap();
+        assert_eq!(lineage.len(), 10);
+        assert_eq!(lineage[0].exe.as_deref(), Some("/bin/step129"));
+    }
+
+    #[test]
+    fn containers_resolve_once_per_cgroup_and_every_event_gets_one() {
+        let proc = FakeProc::default();
+        let mut table = ProcessTable::with_proc(64, &proc);
+        let mut e = exec(80, 70, "/usr/bin/wget", 9);
+        table.apply(&mut e);
+        let reads = proc.cgroup_reads.get();
+        // Another process of the same cgroup: no /proc read needed.
+        let mut e = exec(81, 70, "/usr/bin/wget", 9);
+        table.apply(&mut e);
+        assert_eq!(p(&e).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        let mut c = connection(81, 9);
+        table.apply(&mut c);
+        assert_eq!(p(&c).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        let mut x = exit(81, 9);
+        table.apply(&mut x);
+        assert_eq!(p(&x).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        assert_eq!(proc.cgroup_reads.get(), reads, "cgroup 9 was resolved once");
+        // Host processes in the v2 root: the cgroup id (1) says nothing,
+        // each process is resolved on its own.
+        let mut h = exec(30, 1, "/bin/true", 1);
+        table.apply(&mut h);
+        assert_eq!(p(&h).container_id, None);
     }
 
     #[test]
     fn the_table_is_bounded_and_counts_evictions() {
         let proc = FakeProc::default();
         let mut table = ProcessTable::with_proc(3, &proc);
-        for pid in 100..110 {
-            table.apply(&mut exec(pid, "/bin/true"));
+        for pid in 200..210 {
+            table.apply(&mut exec(pid, 0, "/bin/true", 1));
         }
         assert_eq!(table.len(), 3);
         assert_eq!(table.evicted(), 7);

@@ -16,6 +16,20 @@ pub struct Event {
     pub time: DateTime<Utc>,
     #[serde(flatten)]
     pub kind: EventKind,
+    /// Found by reading /proc at start (state that existed before Auspex
+    /// ran), rather than seen as it happened.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scraped: bool,
+}
+
+impl Event {
+    pub fn new(time: DateTime<Utc>, kind: EventKind) -> Self {
+        Event {
+            time,
+            kind,
+            scraped: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -171,6 +185,20 @@ pub struct Process {
     pub args_truncated: Option<bool>,
     /// cgroup v2 id: the inode number of the process's cgroup directory.
     pub cgroup_id: u64,
+    /// The container the process runs in (12 hex digits); absent on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The process's ancestors, nearest first, up to the container boundary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Vec<Ancestor>>,
+}
+
+/// One ancestor in a lineage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -238,9 +266,9 @@ mod tests {
 
     #[test]
     fn exec_serializes_with_type_time_and_process() {
-        let event = Event {
-            time: time(),
-            kind: EventKind::ProcessExec {
+        let event = Event::new(
+            time(),
+            EventKind::ProcessExec {
                 process: Process {
                     exe: Some("/usr/bin/dash".into()),
                     args: Some(vec!["sh".into(), "".into(), "a b".into()]),
@@ -248,7 +276,7 @@ mod tests {
                     ..process()
                 },
             },
-        };
+        );
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
             json!({
@@ -265,27 +293,27 @@ mod tests {
 
     #[test]
     fn fork_and_exit_forms() {
-        let fork = Event {
-            time: time(),
-            kind: EventKind::ProcessFork {
+        let fork = Event::new(
+            time(),
+            EventKind::ProcessFork {
                 process: process(),
                 parent: TaskId { pid: 1, tid: 1 },
                 thread: true,
             },
-        };
+        );
         let v = serde_json::to_value(&fork).unwrap();
         assert_eq!(v["type"], "process_fork");
         assert_eq!(v["parent"], json!({"pid": 1, "tid": 1}));
         assert_eq!(v["thread"], true);
         assert!(v["process"].get("exe").is_none());
 
-        let exit = Event {
-            time: time(),
-            kind: EventKind::ProcessExit {
+        let exit = Event::new(
+            time(),
+            EventKind::ProcessExit {
                 process: process(),
                 status: ExitStatus::from_wait_status(7 << 8),
             },
-        };
+        );
         let v = serde_json::to_value(&exit).unwrap();
         assert_eq!(v["exit_code"], 7);
         assert!(v.get("signal").is_none());
@@ -293,9 +321,9 @@ mod tests {
 
     #[test]
     fn connection_form() {
-        let event = Event {
-            time: time(),
-            kind: EventKind::ConnectionOpen(Connection {
+        let event = Event::new(
+            time(),
+            EventKind::ConnectionOpen(Connection {
                 protocol: Protocol::Tcp,
                 role: Some(Role::Client),
                 local: SocketAddr {
@@ -310,7 +338,7 @@ mod tests {
                 sock_id: SockId(0xabc),
                 process: None,
             }),
-        };
+        );
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
             json!({

@@ -102,7 +102,7 @@ impl Inbox {
         match self.decoder.decode(record) {
             Some(Decoded::Event(event)) => {
                 self.udp.observe(&event);
-                self.events.push_back(event);
+                self.events.push_back(*event);
             }
             Some(Decoded::UdpReleased { time, sock_id }) => {
                 self.events.extend(self.udp.release(sock_id, time));

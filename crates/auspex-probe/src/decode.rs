@@ -51,7 +51,7 @@ impl DecodeStats {
 /// What a record means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
-    Event(Event),
+    Event(Box<Event>),
     /// A UDP socket was closed; what was reported open for it closes too.
     UdpReleased {
         time: chrono::DateTime<chrono::Utc>,
@@ -173,7 +173,7 @@ pub fn decode(record: &[u8], context: &Context) -> Result<Decoded, DecodeError> 
         }
         Kind(other) => return Err(DecodeError::UnknownKind(other)),
     };
-    Ok(Decoded::Event(Event { time, kind }))
+    Ok(Decoded::Event(Box::new(Event::new(time, kind))))
 }
 
 /// The fields of a sock_event, checked.
@@ -374,7 +374,7 @@ mod tests {
     /// Decodes a record that must be an event.
     fn event(record: &[u8], context: &Context) -> Result<Event, DecodeError> {
         match decode(record, context)? {
-            Decoded::Event(e) => Ok(e),
+            Decoded::Event(e) => Ok(*e),
             other => panic!("not an event: {other:?}"),
         }
     }

@@ -65,7 +65,7 @@ impl UdpSockets {
         let endpoint = reported.endpoint.into_iter().map(EventKind::EndpointClose);
         connections
             .chain(endpoint)
-            .map(|kind| Event { time, kind })
+            .map(|kind| Event::new(time, kind))
             .collect()
     }
 
@@ -89,9 +89,9 @@ mod tests {
     }
 
     fn open(sock: u64, protocol: Protocol, peer: &str) -> Event {
-        Event {
-            time: DateTime::from_timestamp(1, 0).unwrap(),
-            kind: EventKind::ConnectionOpen(Connection {
+        Event::new(
+            DateTime::from_timestamp(1, 0).unwrap(),
+            EventKind::ConnectionOpen(Connection {
                 protocol,
                 role: Some(Role::Client),
                 local: addr("10.0.0.1:5000"),
@@ -100,7 +100,7 @@ mod tests {
                 sock_id: SockId(sock),
                 process: None,
             }),
-        }
+        )
     }
 
     #[test]
@@ -110,16 +110,16 @@ mod tests {
         udp.observe(&open(1, Protocol::Udp, "10.0.0.3:53"));
         udp.observe(&open(2, Protocol::Udp, "10.0.0.4:53"));
         udp.observe(&open(3, Protocol::Tcp, "10.0.0.5:80"));
-        udp.observe(&Event {
-            time: DateTime::from_timestamp(1, 0).unwrap(),
-            kind: EventKind::EndpointOpen(Endpoint {
+        udp.observe(&Event::new(
+            DateTime::from_timestamp(1, 0).unwrap(),
+            EventKind::EndpointOpen(Endpoint {
                 protocol: Protocol::Udp,
                 local: addr("0.0.0.0:5000"),
                 netns: 1,
                 sock_id: SockId(1),
                 process: None,
             }),
-        });
+        ));
         let t = DateTime::from_timestamp(9, 0).unwrap();
         let closes = udp.release(SockId(1), t);
         let names: Vec<&str> = closes.iter().map(|e| e.kind.name()).collect();

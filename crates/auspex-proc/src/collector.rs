@@ -36,6 +36,7 @@ pub struct ProcCollector {
     /// events with the monotonic clock.
     realtime_offset_ns: i128,
     known: HashMap<u32, Process>,
+    scanned: bool,
     stats: ProcStats,
 }
 
@@ -58,6 +59,7 @@ impl ProcCollector {
             realtime_offset_ns: clock_ns(ClockId::CLOCK_REALTIME)
                 - clock_ns(ClockId::CLOCK_MONOTONIC),
             known: HashMap::new(),
+            scanned: false,
             stats: ProcStats::default(),
         })
     }
@@ -83,10 +85,13 @@ impl ProcCollector {
             Err(e) => return Err(e),
         }
         if Instant::now() >= self.next_scan {
-            self.scanner
-                .scan(Utc::now())
-                .into_iter()
-                .for_each(&mut *on_event);
+            // The first scan finds what existed before: scraped.
+            let scraped = !self.scanned;
+            for mut event in self.scanner.scan(Utc::now()) {
+                event.scraped = scraped;
+                on_event(event);
+            }
+            self.scanned = true;
             self.next_scan = Instant::now() + self.scan_every;
         }
         Ok(())
@@ -165,9 +170,6 @@ impl ProcCollector {
             }
             ProcEvent::Exit { .. } | ProcEvent::Ack { .. } => return None,
         };
-        Some(Event {
-            time: self.time(stamped.monotonic_ns),
-            kind,
-        })
+        Some(Event::new(self.time(stamped.monotonic_ns), kind))
     }
 }

@@ -67,7 +67,7 @@ impl Scanner {
         let previous = std::mem::replace(&mut self.previous, current);
         let current = &self.previous;
         let mut events = Vec::new();
-        let mut emit = |kind| events.push(Event { time, kind });
+        let mut emit = |kind| events.push(Event::new(time, kind));
         for (key, c) in &current.connections {
             if !previous.connections.contains_key(key) {
                 emit(EventKind::ConnectionOpen(c.clone()));

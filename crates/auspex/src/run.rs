@@ -78,6 +78,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (method, mut collector) = agent.choose(args, &features)?;
     agent.log_diagnostics();
+    agent.scrape(method);
     for d in collector.degraded() {
         tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
     }
@@ -221,6 +222,19 @@ impl Agent {
             // Dropping the collector unloads the method.
             Err((Outcome::CanaryMissed, detail))
         }
+    }
+
+    /// Reports what existed before the method ran (its own canaries
+    /// excepted). The proc method's first scan reports sockets itself.
+    fn scrape(&mut self, method: &str) {
+        let events = auspex_enrich::scrape::startup(method != "proc");
+        let n = events.len();
+        for e in events {
+            if !self.canaries.claim(&e, None) {
+                self.pipeline.deliver(e);
+            }
+        }
+        tracing::info!("startup scrape: {n} processes, endpoints and connections");
     }
 
     /// Runs the full canary through `collector`, delivering every other

@@ -31,8 +31,12 @@ fn run_writes_exact_exec_fork_exit_events_and_stops_cleanly() {
     assert_eq!(fork["thread"], false, "{fork}");
 
     let exec = agent.event("process_exec", pid);
+    // Its lineage starts with this test (checked in tests/enrichment.rs).
+    let mut process = exec["process"].clone();
+    let lineage = process.as_object_mut().unwrap().remove("lineage").unwrap();
+    assert_eq!(lineage[0]["exe"], canonical("/proc/self/exe"), "{exec}");
     assert_eq!(
-        exec["process"],
+        process,
         json!({
             "pid": pid, "tid": pid, "ppid": me, "uid": uid, "gid": gid, "comm": "sh",
             "exe": canonical("/bin/sh"),

@@ -112,7 +112,30 @@ impl Agent {
 
     /// The first event of `kind` about `pid` that `also` accepts.
     pub fn event_where(&self, kind: &str, pid: u32, also: impl Fn(&Value) -> bool) -> Value {
-        let matches = |e: &Value| e["type"] == kind && e["process"]["pid"] == pid && also(e);
+        self.wait_for_event(
+            &format!("{kind} event for pid {pid}"),
+            |e| e["type"] == kind && e["process"]["pid"] == pid && also(e),
+            |e| e["process"]["pid"] == pid || e["process"]["ppid"] == pid,
+        )
+    }
+
+    /// The first event of `kind` that `matches` accepts.
+    pub fn event_with(&self, kind: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_event(
+            &format!("matching {kind} event"),
+            |e| e["type"] == kind && matches(e),
+            |e| e["type"] == kind,
+        )
+    }
+
+    /// Waits for an event `matches` accepts; on timeout, fails listing the
+    /// events `related` selects.
+    fn wait_for_event(
+        &self,
+        what: &str,
+        matches: impl Fn(&Value) -> bool,
+        related: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let events = self.events();
@@ -122,12 +145,11 @@ impl Agent {
             if start.elapsed() > DEADLINE {
                 let related: Vec<String> = events
                     .iter()
-                    .filter(|e| e["process"]["pid"] == pid || e["process"]["ppid"] == pid)
+                    .filter(|e| related(e))
                     .map(Value::to_string)
                     .collect();
                 panic!(
-                    "no {kind} event for pid {pid}; {} events written, those about it:\n{}\n\
-                     agent stderr:\n{}",
+                    "no {what}; {} events written, the related ones:\n{}\nagent stderr:\n{}",
                     events.len(),
                     related.join("\n"),
                     self.stderr_text()
