@@ -13,7 +13,7 @@ status=0
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 
 cargo fmt --all -- --check || status=1
-cargo clippy --workspace --all-targets --locked -- -D warnings || status=1
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings || status=1
 
 # The tests pin nothing; this catches a regression. progs.debug and
 # maps.debug belong to the kernel.

@@ -187,8 +187,8 @@ struct Sock {
     process: Option<Process>,
 }
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 
 impl Sock {
     fn decode(e: &sock_event, context: &Context) -> Result<Sock, DecodeError> {
@@ -342,7 +342,7 @@ fn split_args(bytes: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::bytes_of;
+    use crate::testing::*;
     use chrono::DateTime;
 
     fn context() -> Context {
@@ -351,55 +351,12 @@ mod tests {
         ))
     }
 
-    fn header(kind: Kind, size: usize) -> event_header {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"test");
-        event_header {
-            kind: kind.0,
-            size: size as u32,
-            boot_ns: 1_500_000_000,
-            task: task_info {
-                pid: 10,
-                tid: 11,
-                ppid: 1,
-                uid: 1000,
-                gid: 100,
-                cgroup_id: 99,
-                comm,
-                ..Default::default()
-            },
-        }
-    }
-
     /// Decodes a record that must be an event.
     fn event(record: &[u8], context: &Context) -> Result<Event, DecodeError> {
         match decode(record, context)? {
             Decoded::Event(e) => Ok(*e),
             other => panic!("not an event: {other:?}"),
         }
-    }
-
-    fn exec_record(exe: &[u8], args: &[u8], flags: u32) -> Vec<u8> {
-        let size = offset_of!(exec_event, data) + exe.len() + args.len();
-        let mut e = exec_event {
-            hdr: header(Kind::AUSPEX_EVENT_EXEC, size),
-            exe_len: exe.len() as u16,
-            args_len: args.len() as u16,
-            flags,
-            ..Default::default()
-        };
-        e.data[..exe.len()].copy_from_slice(exe);
-        e.data[exe.len()..exe.len() + args.len()].copy_from_slice(args);
-        bytes_of(&e)[..size].to_vec()
-    }
-
-    fn exit_record(status: u32) -> Vec<u8> {
-        let e = exit_event {
-            hdr: header(Kind::AUSPEX_EVENT_EXIT, size_of::<exit_event>()),
-            exit_status: status,
-            ..Default::default()
-        };
-        bytes_of(&e).to_vec()
     }
 
     #[test]
@@ -527,28 +484,6 @@ mod tests {
         assert_eq!(stats.decoded, 0);
         assert_eq!(stats.rejected(), 600);
         assert_eq!(stats.short, size_of::<event_header>() as u64);
-    }
-
-    fn sock_record(kind: Kind, family: u16, local: &[u8], remote: &[u8], owner: bool) -> Vec<u8> {
-        let mut e = sock_event {
-            hdr: header(kind, size_of::<sock_event>()),
-            sock: 0xffff_8880_1234_5678,
-            netns: 4026531840,
-            family,
-            protocol: 6,
-            role: WireRole::AUSPEX_ROLE_SERVER.0 as u8,
-            local_port: 8080,
-            remote_port: 40000,
-            flags: if owner {
-                SockFlags::AUSPEX_SOCK_OWNER_KNOWN.0
-            } else {
-                0
-            },
-            ..Default::default()
-        };
-        e.local_addr[..local.len()].copy_from_slice(local);
-        e.remote_addr[..remote.len()].copy_from_slice(remote);
-        bytes_of(&e).to_vec()
     }
 
     #[test]

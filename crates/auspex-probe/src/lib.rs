@@ -13,6 +13,8 @@ pub mod features;
 mod libbpf_log;
 mod privileges;
 mod skel;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod udp_sockets;
 mod wire;
 

@@ -34,7 +34,7 @@ pub(crate) fn read_prefix<T: Wire>(bytes: &[u8]) -> T {
 }
 
 /// The bytes of a record, as a probe would send them.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn bytes_of<T: Wire>(value: &T) -> &[u8] {
     // SAFETY: a `Wire` value has no padding, so all its bytes are initialised.
     unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
