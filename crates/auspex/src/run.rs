@@ -367,7 +367,8 @@ impl Agent {
 
     /// Copies event and drop counters into /status and /metrics.
     fn publish(&mut self, collector: &dyn Collector) -> anyhow::Result<()> {
-        let drops = collector.drops()?;
+        let mut drops = collector.drops()?;
+        drops.push(("process_table_evicted", self.pipeline.processes_evicted()));
         for (cause, value) in &drops {
             let last = self.published_drops.insert(cause, *value).unwrap_or(0);
             self.metrics
