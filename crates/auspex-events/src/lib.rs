@@ -59,6 +59,10 @@ pub enum EventKind {
     EndpointOpen(Endpoint),
     /// That socket stopped listening or was closed.
     EndpointClose(Endpoint),
+    /// What changed in the table of connections since the last delta.
+    ConnectionsDelta(Delta),
+    /// What changed in the table of endpoints since the last delta.
+    EndpointsDelta(Delta),
 }
 
 impl EventKind {
@@ -72,6 +76,8 @@ impl EventKind {
             EventKind::ConnectionClose(_) => "connection_close",
             EventKind::EndpointOpen(_) => "endpoint_open",
             EventKind::EndpointClose(_) => "endpoint_close",
+            EventKind::ConnectionsDelta(_) => "connections_delta",
+            EventKind::EndpointsDelta(_) => "endpoints_delta",
         }
     }
 
@@ -83,6 +89,7 @@ impl EventKind {
             | EventKind::ProcessExit { process, .. } => Some(process),
             EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => c.process.as_ref(),
             EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_ref(),
+            EventKind::ConnectionsDelta(_) | EventKind::EndpointsDelta(_) => None,
         }
     }
 
@@ -93,6 +100,7 @@ impl EventKind {
             | EventKind::ProcessExit { process, .. } => Some(process),
             EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => c.process.as_mut(),
             EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => e.process.as_mut(),
+            EventKind::ConnectionsDelta(_) | EventKind::EndpointsDelta(_) => None,
         }
     }
 }
@@ -207,6 +215,46 @@ pub struct TaskId {
     pub tid: u32,
 }
 
+/// An address as the connection table shows it: an IP (or `internet`, for
+/// public addresses collapsed into one peer) and a port (0: any).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Peer {
+    pub ip: String,
+    pub port: u16,
+}
+
+/// One connection (or endpoint) of the table, over one lifetime: from its
+/// first open to its last close (plus the afterglow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tracked {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub protocol: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    pub local: Peer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Peer>,
+    #[serde(serialize_with = "rfc3339_nanos")]
+    pub opened: DateTime<Utc>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_nanos_opt"
+    )]
+    pub closed: Option<DateTime<Utc>>,
+}
+
+/// A periodic delta of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delta {
+    /// New since the last delta (with `closed` when already over).
+    pub added: Vec<Tracked>,
+    /// Reported earlier, now inactive.
+    pub removed: Vec<Tracked>,
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -240,6 +288,13 @@ impl ExitStatus {
 
 fn rfc3339_nanos<S: Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Nanos, true))
+}
+
+fn rfc3339_nanos_opt<S: Serializer>(time: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => rfc3339_nanos(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 #[cfg(test)]

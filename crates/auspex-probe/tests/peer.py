@@ -107,7 +107,31 @@ def udp_talk(host, count, *ports):
     say(done=True)
 
 
+def tcp_accept_n(host, port, count):
+    """Listen, accept `count` connections (closing each), close."""
+    listener = socket.socket(family_of(host), socket.SOCK_STREAM)
+    listener.bind((host, int(port)))
+    listener.listen(128)
+    say(listening=addr(listener.getsockname()))
+    for _ in range(int(count)):
+        conn, _ = listener.accept()
+        conn.recv(1)
+        conn.close()
+    listener.close()
+    say(done=True)
+
+
+def tcp_connect_n(host, port, count):
+    """Connect `count` times, closing each connection at once."""
+    for _ in range(int(count)):
+        s = socket.create_connection((host, int(port)))
+        s.close()
+    say(done=True)
+
+
 ACTIONS = {
+    "tcp-accept-n": tcp_accept_n,
+    "tcp-connect-n": tcp_connect_n,
     "tcp-server": tcp_server,
     "tcp-client": tcp_client,
     "tcp-refused": tcp_refused,

@@ -191,6 +191,7 @@ impl CanaryEvents {
                         .iter()
                         .any(|(_, port)| *port == Some(e.local.port))
             }
+            EventKind::ConnectionsDelta(_) | EventKind::EndpointsDelta(_) => false,
         }
     }
 }

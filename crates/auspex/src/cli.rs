@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Choose a collection method, prove it works, and print one JSON event
     /// per line until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Probe the kernel's features and say which methods can run here.
     Check(CheckArgs),
     /// The self-check's exec: does nothing (internal).
@@ -75,6 +75,34 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub heartbeat_interval: Duration,
 
+    /// What to write: the raw stream of events, periodic deltas of the
+    /// connection and endpoint tables, or both.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub report: Report,
+
+    /// How often the deltas are written.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub delta_interval: Duration,
+
+    /// A connection closed and reopened within this is reported once (0:
+    /// every connection is reported); it also delays the report of a close.
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    pub afterglow: Duration,
+
+    /// New connections per minute a container may add to the table; more
+    /// are counted and not tracked (closes are never limited).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub connection_rate_limit: u32,
+
+    /// In deltas, collapse public remote addresses into one `internet` peer
+    /// (private ranges are always kept).
+    #[arg(long)]
+    pub aggregate_public: bool,
+
+    /// Networks never collapsed by --aggregate-public (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub never_aggregate: Vec<ipnet::IpNet>,
+
     /// Where the reason of a fatal error is written, if the file exists
     /// (Kubernetes shows it in the pod's status).
     #[arg(long, value_name = "PATH", default_value = "/dev/termination-log")]
@@ -83,6 +111,13 @@ pub struct RunArgs {
     /// Where the HTTP API (/ready, /status, /metrics) listens, or `off`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: Listen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Report {
+    Raw,
+    Deltas,
+    Both,
 }
 
 /// An address to listen on, or none (`off`).

@@ -1,10 +1,12 @@
 //! The userspace half of the data path: each event from a method is
-//! enriched, counted, then written.
+//! enriched, counted, tracked, then written (raw, as deltas, or both).
 
 use std::sync::Arc;
 
 use auspex_enrich::ProcessTable;
 use auspex_events::Event;
+use auspex_track::{Tracker, TrackerStats};
+use chrono::Utc;
 
 use crate::metrics::{Metrics, TypeLabel};
 use crate::sink::JsonLines;
@@ -15,27 +17,63 @@ const PROCESS_TABLE_CAPACITY: usize = 65536;
 pub struct Pipeline {
     processes: ProcessTable,
     metrics: Arc<Metrics>,
+    /// The connection tracker, when deltas are reported.
+    tracker: Option<Tracker>,
+    /// Whether the raw events are written.
+    raw: bool,
     pub sink: JsonLines,
 }
 
 impl Pipeline {
-    pub fn new(sink: JsonLines, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        sink: JsonLines,
+        metrics: Arc<Metrics>,
+        tracker: Option<Tracker>,
+        raw: bool,
+    ) -> Self {
         Pipeline {
             processes: ProcessTable::new(PROCESS_TABLE_CAPACITY),
             metrics,
+            tracker,
+            raw,
             sink,
         }
     }
 
     pub fn deliver(&mut self, mut event: Event) {
         self.processes.apply(&mut event);
+        if let Some(tracker) = &mut self.tracker {
+            tracker.observe(&event);
+        }
+        if self.raw {
+            self.write(&event);
+        }
+    }
+
+    /// Writes the tracker's deltas, if any.
+    pub fn write_deltas(&mut self) {
+        let deltas = match &mut self.tracker {
+            Some(tracker) => tracker.deltas(Utc::now()),
+            None => return,
+        };
+        for delta in &deltas {
+            self.write(delta);
+        }
+    }
+
+    fn write(&mut self, event: &Event) {
         self.metrics
             .events
             .get_or_create(&TypeLabel {
                 r#type: event.kind.name().to_string(),
             })
             .inc();
-        self.sink.write(&event);
+        self.sink.write(event);
+    }
+
+    /// What the tracker left out, if it runs.
+    pub fn tracker_stats(&self) -> Option<TrackerStats> {
+        self.tracker.as_ref().map(Tracker::stats)
     }
 
     /// Processes the enrichment table forgot because it was full.

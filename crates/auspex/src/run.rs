@@ -13,7 +13,7 @@ use auspex_probe::features::{self, Check, FeatureReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::canary::{timed_out, Canary, CanaryEvents};
-use crate::cli::RunArgs;
+use crate::cli::{Report, RunArgs};
 use crate::collector::Collector;
 use crate::methods::{self, Method, MethodConfig};
 use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
@@ -70,7 +70,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         stop,
         status,
         metrics: Arc::clone(&metrics),
-        pipeline: Pipeline::new(sink, metrics),
+        pipeline: Pipeline::new(sink, metrics, tracker(args), args.report != Report::Deltas),
         canaries: CanaryEvents::new(),
         published_drops: HashMap::new(),
     };
@@ -87,11 +87,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         output = %args.output.as_ref().map_or("stdout".into(), |p| p.display().to_string()),
         "ready: probes attached, self-check passed; writing JSON lines"
     );
-    agent.collect(
-        collector.as_mut(),
-        args.heartbeat_interval,
-        args.canary_timeout,
-    )?;
+    agent.collect(collector.as_mut(), args)?;
     // What the kernel produced before the stop is still owed to the reader.
     let (pipeline, canaries) = (&mut agent.pipeline, &agent.canaries);
     collector.drain(&mut |e| {
@@ -99,6 +95,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             pipeline.deliver(e)
         }
     })?;
+    agent.pipeline.write_deltas();
     agent.pipeline.sink.flush();
     let drops = collector.drops()?;
     drop(collector);
@@ -285,14 +282,11 @@ impl Agent {
     }
 
     /// The main loop: deliver events, keep the heartbeat, publish counters.
-    fn collect(
-        &mut self,
-        collector: &mut dyn Collector,
-        heartbeat_every: Duration,
-        heartbeat_timeout: Duration,
-    ) -> anyhow::Result<()> {
+    fn collect(&mut self, collector: &mut dyn Collector, args: &RunArgs) -> anyhow::Result<()> {
+        let (heartbeat_every, heartbeat_timeout) = (args.heartbeat_interval, args.canary_timeout);
         let mut next_heartbeat =
             (!heartbeat_every.is_zero()).then(|| Instant::now() + heartbeat_every);
+        let mut next_delta = Instant::now() + args.delta_interval;
         let mut heartbeat: Option<Canary> = None;
         let mut next_publish = Instant::now();
         while !self.stop.load(Ordering::Relaxed) && !self.pipeline.sink.failed() {
@@ -334,6 +328,11 @@ impl Agent {
                 }
                 next_heartbeat = Some(due + heartbeat_every);
             }
+            if Instant::now() >= next_delta {
+                self.pipeline.write_deltas();
+                self.pipeline.sink.flush();
+                next_delta += args.delta_interval;
+            }
             if Instant::now() >= next_publish {
                 self.publish(collector)?;
                 next_publish = Instant::now() + PUBLISH_INTERVAL;
@@ -369,6 +368,10 @@ impl Agent {
     fn publish(&mut self, collector: &dyn Collector) -> anyhow::Result<()> {
         let mut drops = collector.drops()?;
         drops.push(("process_table_evicted", self.pipeline.processes_evicted()));
+        if let Some(t) = self.pipeline.tracker_stats() {
+            drops.push(("connection_rate_limited", t.rate_limited));
+            drops.push(("tracker_evicted", t.evicted));
+        }
         for (cause, value) in &drops {
             let last = self.published_drops.insert(cause, *value).unwrap_or(0);
             self.metrics
@@ -402,6 +405,21 @@ impl Agent {
             );
         }
     }
+}
+
+/// The connection tracker the arguments ask for, if deltas are reported.
+fn tracker(args: &RunArgs) -> Option<auspex_track::Tracker> {
+    (args.report != Report::Raw).then(|| {
+        auspex_track::Tracker::new(auspex_track::TrackerConfig {
+            afterglow: args.afterglow,
+            rate_limit_per_minute: args.connection_rate_limit,
+            capacity: 65536,
+            normaliser: auspex_track::Normaliser {
+                aggregate_public: args.aggregate_public,
+                never_aggregate: args.never_aggregate.clone(),
+            },
+        })
+    })
 }
 
 fn summary(pipeline: &Pipeline, drops: &[(&'static str, u64)], elapsed: Duration) -> String {

@@ -85,9 +85,12 @@ impl Agent {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// The events written so far: complete lines only (a long line may be
+    /// caught half written).
     pub fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect()
