@@ -1,106 +1,328 @@
-//! Measures what the agent costs a workload: the same workload runs
-//! alternately without and with `auspex run` attached, several times, and
-//! the medians are compared. Ratios measured in one run, never absolute
-//! thresholds.
+//! Auspex's benchmark suite. Everything is a ratio or a count measured in
+//! the same run (never an absolute threshold): workloads without and with
+//! the agent, alternating; exact counts of operations against what the
+//! agent reported; the agent's own CPU and memory; in-kernel time per
+//! program. `auspex-bench all --write docs/performance.md` regenerates the
+//! document.
 
-use std::hint::black_box;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod agent;
+mod workload;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 use nix::sched::{sched_setaffinity, CpuSet};
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::agent::{dropped, Agent, Cost};
+use crate::workload::Mode;
 
 #[derive(Debug, Parser)]
-#[command(about = "Workload throughput with and without the Auspex agent")]
+#[command(about = "Auspex benchmarks: overhead, completeness, cost, measured in one run")]
 struct Args {
-    /// The workload.
-    #[arg(value_enum, default_value = "getppid")]
-    mode: Mode,
+    #[command(subcommand)]
+    command: Bench,
     /// The agent binary.
-    #[arg(long, default_value = "target/release/auspex")]
+    #[arg(long, global = true, default_value = "target/release/auspex")]
     agent: PathBuf,
-    /// Runs of each kind (without, with the agent), alternating.
-    #[arg(long, default_value_t = 7)]
-    reps: usize,
-    /// How long each run lasts.
-    #[arg(long, default_value = "1.0")]
-    seconds: f64,
-    /// The CPU the workload is pinned to.
-    #[arg(long, default_value_t = 0)]
-    cpu: usize,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Mode {
-    /// A syscall the agent has no interest in: must not slow down.
-    Getppid,
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Workload throughput without and with the agent, per method.
+    Overhead(OverheadArgs),
+    /// Exact counts of execs, TCP connections and UDP peers against what
+    /// the agent reported.
+    Completeness {
+        #[arg(long, default_value_t = 2000)]
+        count: u32,
+    },
+    /// In-kernel time per BPF program (kernel.bpf_stats_enabled).
+    KernelCost {
+        #[arg(long, default_value_t = 2000)]
+        count: u32,
+    },
     /// The proc method's /proc scan with 1,000 extra processes and 10,000
-    /// sockets: CPU time per scan (no agent involved).
-    ProcScan,
+    /// extra sockets.
+    ProcScan {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
+    /// Everything, as a markdown report (written to --write too).
+    All {
+        #[arg(long)]
+        write: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
-/// Runs the workload for `seconds` and returns operations per second.
-fn run(mode: Mode, seconds: f64) -> f64 {
-    let deadline = Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let mut ops = 0u64;
-    match mode {
-        Mode::Getppid => {
-            while start.elapsed() < deadline {
-                for _ in 0..1000 {
-                    black_box(nix::unistd::getppid());
-                }
-                ops += 1000;
-            }
-        }
-        Mode::ProcScan => unreachable!("not a workload"),
-    }
-    ops as f64 / start.elapsed().as_secs_f64()
+#[derive(Debug, clap::Args)]
+struct OverheadArgs {
+    /// Runs of each kind (without, with the agent), alternating.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// How long each run of a workload lasts.
+    #[arg(long, default_value = "0.5")]
+    seconds: f64,
+    #[arg(long, value_delimiter = ',', default_value = "core_bpf,proc")]
+    methods: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<Mode>,
 }
 
-/// Starts the agent and waits until its probes are attached.
-fn start_agent(agent: &PathBuf) -> anyhow::Result<Child> {
-    let mut child = Command::new(agent)
-        .args(["run", "--output", "/dev/null"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", agent.display()))?;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(line) => {
-                if line?.contains("probes attached") {
-                    break;
-                }
-            }
-            None => bail!("the agent exited before attaching"),
-        }
-    }
-    // Keep draining its stderr so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(child)
-}
-
-fn stop_agent(mut child: Child) -> anyhow::Result<()> {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
-    child.wait()?;
-    Ok(())
-}
+const METHODS: [&str; 2] = ["core_bpf", "proc"];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Times `Scanner::scan` with 1,000 sleeping processes and 5,000 loopback
-/// TCP connections (10,000 sockets) alive.
-fn proc_scan(reps: usize) -> anyhow::Result<()> {
+fn output_file(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("auspex-bench-{}-{tag}.jsonl", std::process::id()))
+}
+
+/// Overhead: per method and mode, (ops/s without, ops/s with), medians.
+fn overhead(binary: &Path, args: &OverheadArgs) -> anyhow::Result<String> {
+    let mut cpus = CpuSet::new();
+    cpus.set(0)?;
+    sched_setaffinity(Pid::from_raw(0), &cpus).context("pinning the workload to CPU 0")?;
+    let modes = if args.modes.is_empty() {
+        workload::ALL.to_vec()
+    } else {
+        args.modes.clone()
+    };
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut table = String::from(
+        "| method | workload | without agent (ops/s) | with agent (ops/s) | ratio | cost per op |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for method in &args.methods {
+        let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); modes.len()];
+        for rep in 0..args.reps {
+            for (i, mode) in modes.iter().enumerate() {
+                samples[i].0.push(workload::run(*mode, duration));
+            }
+            let out = output_file("overhead");
+            let agent = Agent::start(binary, method, &out)?;
+            for (i, mode) in modes.iter().enumerate() {
+                samples[i].1.push(workload::run(*mode, duration));
+            }
+            agent.stop()?;
+            let _ = std::fs::remove_file(out);
+            eprintln!("overhead: {method} rep {} of {} done", rep + 1, args.reps);
+        }
+        for (mode, (without, with)) in modes.iter().zip(samples) {
+            let (a, b) = (median(without), median(with));
+            let added_ns = 1e9 / b - 1e9 / a;
+            writeln!(
+                table,
+                "| {method} | {mode:?} | {a:.0} | {b:.0} | {:.3}× | {:+.0} ns |",
+                b / a,
+                added_ns
+            )?;
+        }
+    }
+    Ok(table)
+}
+
+struct Counted {
+    method: &'static str,
+    generated: u32,
+    execs: usize,
+    tcp: usize,
+    udp: usize,
+    dropped: Option<u64>,
+    cost: Cost,
+}
+
+/// Makes exactly `count` execs, TCP connections and UDP peers while the
+/// agent runs, then counts what it reported.
+fn completeness_of(binary: &Path, method: &'static str, count: u32) -> anyhow::Result<Counted> {
+    let out = output_file(method);
+    let agent = Agent::start(binary, method, &out)?;
+    let marker = format!("bench-{}", std::process::id());
+    for _ in 0..count {
+        Command::new("/bin/true").arg(&marker).status()?;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..count {
+            if listener.accept().is_err() {
+                return;
+            }
+        }
+    });
+    for _ in 0..count {
+        drop(TcpStream::connect(("127.0.0.1", port))?);
+    }
+    acceptor.join().unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    let udp_port = udp.local_addr()?.port();
+    for i in 0..count {
+        let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
+    }
+    drop(udp);
+    // Let a scanning method scan once more, and the reader catch up.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cost = agent.cost();
+    let summary = agent.stop()?;
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let count_of = |f: &dyn Fn(&Value) -> bool| events.iter().filter(|e| f(e)).count();
+    Ok(Counted {
+        method,
+        generated: count,
+        execs: count_of(&|e| {
+            e["type"] == "process_exec"
+                && e["process"]["args"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == &*marker))
+        }),
+        tcp: count_of(&|e| {
+            e["type"] == "connection_open" && e["role"] == "client" && e["remote"]["port"] == port
+        }),
+        udp: count_of(&|e| {
+            e["type"] == "connection_open"
+                && e["protocol"] == "udp"
+                && e["local"]["port"] == udp_port
+        }),
+        dropped: dropped(&summary),
+        cost,
+    })
+}
+
+fn completeness(binary: &Path, count: u32) -> anyhow::Result<String> {
+    let mut table = String::from(
+        "| method | generated (each kind) | execs seen | TCP connections seen | UDP peers seen | dropped or incomplete | agent CPU | agent peak RSS |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for method in METHODS {
+        let c = completeness_of(binary, method, count)?;
+        let pct = |n: usize| format!("{n} ({:.1} %)", 100.0 * n as f64 / f64::from(c.generated));
+        writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {} | {:.2} s | {:.1} MiB |",
+            c.method,
+            c.generated,
+            pct(c.execs),
+            pct(c.tcp),
+            pct(c.udp),
+            c.dropped.map_or("?".into(), |d| d.to_string()),
+            c.cost.cpu_seconds,
+            c.cost.peak_rss_kib as f64 / 1024.0
+        )?;
+        eprintln!("completeness: {method} done");
+    }
+    Ok(table)
+}
+
+/// Sum of (run time, runs) per program name.
+fn program_totals() -> std::collections::HashMap<String, (u64, u64)> {
+    let mut totals = std::collections::HashMap::new();
+    for p in auspex_probe::program_run_stats() {
+        let t = totals.entry(p.name).or_insert((0u64, 0u64));
+        t.0 += p.run_time_ns;
+        t.1 += p.run_count;
+    }
+    totals
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+fn kernel_cost(binary: &Path, count: u32) -> anyhow::Result<String> {
+    let previous = std::fs::read_to_string(BPF_STATS)?;
+    std::fs::write(BPF_STATS, "1")?;
+    let result = (|| -> anyhow::Result<String> {
+        let out = output_file("kernel-cost");
+        let agent = Agent::start(binary, "core_bpf", &out)?;
+        let delta = |before: &std::collections::HashMap<String, (u64, u64)>, names: &[&str]| {
+            let after = program_totals();
+            names
+                .iter()
+                .map(|n| {
+                    // The kernel keeps 15 characters of a program's name.
+                    let key = &n[..n.len().min(15)];
+                    let (t0, c0) = before.get(key).copied().unwrap_or_default();
+                    let (t1, c1) = after.get(key).copied().unwrap_or_default();
+                    (n.to_string(), t1.saturating_sub(t0), c1.saturating_sub(c0))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut table = String::from(
+            "| operation | programs | runs | in-kernel time per operation |\n|---|---|---|---|\n",
+        );
+        let mut row = |what: &str, rows: Vec<(String, u64, u64)>| -> anyhow::Result<()> {
+            let total: u64 = rows.iter().map(|r| r.1).sum();
+            let runs: Vec<String> = rows.iter().map(|r| format!("{} {}", r.0, r.2)).collect();
+            writeln!(
+                table,
+                "| {what} | {} | {} | {:.2} µs |",
+                rows.iter()
+                    .map(|r| r.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                runs.join(", "),
+                total as f64 / f64::from(count) / 1000.0
+            )?;
+            Ok(())
+        };
+        let before = program_totals();
+        for _ in 0..count {
+            Command::new("/bin/true").status()?;
+        }
+        row(
+            "fork + exec + exit",
+            delta(&before, &["handle_fork", "handle_exec", "handle_exit"]),
+        )?;
+        let before = program_totals();
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let acceptor = std::thread::spawn(move || {
+            for _ in 0..count {
+                let _ = listener.accept();
+            }
+        });
+        for _ in 0..count {
+            drop(TcpStream::connect(addr)?);
+        }
+        acceptor.join().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        row(
+            "TCP connection (both ends)",
+            delta(&before, &["handle_tcp_state"]),
+        )?;
+        let before = program_totals();
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        for i in 0..count {
+            let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
+        }
+        drop(udp);
+        row(
+            "UDP flow (first datagram to a peer, and the socket's close)",
+            delta(&before, &["udp_sendmsg4", "udp_release"]),
+        )?;
+        agent.stop()?;
+        let _ = std::fs::remove_file(out);
+        Ok(table)
+    })();
+    std::fs::write(BPF_STATS, previous.trim())?;
+    result
+}
+
+fn proc_scan(reps: usize) -> anyhow::Result<String> {
     use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
@@ -108,10 +330,10 @@ fn proc_scan(reps: usize) -> anyhow::Result<()> {
     for _ in 0..1000 {
         sleepers.push(Command::new("sleep").arg("600").spawn()?);
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
     let mut sockets = Vec::new();
     for _ in 0..5000 {
-        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let client = TcpStream::connect(listener.local_addr()?)?;
         let (server, _) = listener.accept()?;
         sockets.push((client, server));
     }
@@ -123,10 +345,9 @@ fn proc_scan(reps: usize) -> anyhow::Result<()> {
         Ok(t(u.user_time()) + t(u.system_time()))
     };
     let mut scanner = auspex_proc::Scanner::new(auspex_proc::ProcReader::new());
-    // The first scan reads every process's details; later ones reuse them.
-    let first_start = (cpu()?, Instant::now());
-    let opened = scanner.scan(chrono::Utc::now()).len();
-    let first = (cpu()? - first_start.0, first_start.1.elapsed());
+    let c0 = cpu()?;
+    scanner.scan(chrono::Utc::now());
+    let first = cpu()? - c0;
     let mut runs = Vec::new();
     for _ in 0..reps {
         let (c0, w0) = (cpu()?, Instant::now());
@@ -137,53 +358,98 @@ fn proc_scan(reps: usize) -> anyhow::Result<()> {
         let _ = s.kill();
         let _ = s.wait();
     }
-    let cpu_median = median(runs.iter().map(|r| r.0).collect());
-    let wall_median = median(runs.iter().map(|r| r.1).collect());
-    println!(
-        "ProcScan: first scan {:.1} ms CPU ({:.1} ms wall, {opened} opens); then median {:.1} ms \
-         CPU, {:.1} ms wall per scan ({reps} scans; 1,000 extra processes, 10,000 extra sockets)",
-        first.0.as_secs_f64() * 1e3,
-        first.1.as_secs_f64() * 1e3,
-        cpu_median * 1e3,
-        wall_median * 1e3,
-    );
-    Ok(())
+    drop(sockets);
+    Ok(format!(
+        "One scan with 1,000 extra processes and 10,000 extra sockets: {:.1} ms of CPU \
+         (median of {reps}; {:.1} ms wall); the first scan, which reads every process's \
+         details, {:.1} ms.\n",
+        median(runs.iter().map(|r| r.0).collect()) * 1e3,
+        median(runs.iter().map(|r| r.1).collect()) * 1e3,
+        first.as_secs_f64() * 1e3,
+    ))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    // (Not available_parallelism: this process is pinned to one CPU.)
+    let cpus = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |c| {
+        c.lines().filter(|l| l.starts_with("processor")).count()
+    });
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    format!("{cpus} × {cpu}; Linux {kernel}; {mem}")
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Mode::ProcScan = args.mode {
-        return proc_scan(args.reps);
-    }
-    let mut cpus = CpuSet::new();
-    cpus.set(args.cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &cpus).context("pinning the workload")?;
-
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for rep in 0..args.reps {
-        let base = run(args.mode, args.seconds);
-        let agent = start_agent(&args.agent)?;
-        let attached = run(args.mode, args.seconds);
-        stop_agent(agent)?;
-        eprintln!(
-            "rep {}: without {:.0} ops/s, with agent {:.0} ops/s",
-            rep + 1,
-            base,
-            attached
-        );
-        without.push(base);
-        with.push(attached);
-    }
-    let (without, with) = (median(without), median(with));
-    println!(
-        "{:?}: without agent {:.1} ns/op, with agent {:.1} ns/op, throughput ratio {:.3} \
-         (median of {} alternating runs of {} s)",
-        args.mode,
-        1e9 / without,
-        1e9 / with,
-        with / without,
-        args.reps,
-        args.seconds
-    );
+    let report = match &args.command {
+        Bench::Overhead(o) => overhead(&args.agent, o)?,
+        Bench::Completeness { count } => completeness(&args.agent, *count)?,
+        Bench::KernelCost { count } => kernel_cost(&args.agent, *count)?,
+        Bench::ProcScan { reps } => proc_scan(*reps)?,
+        Bench::All { write, reps } => {
+            let overhead = overhead(
+                &args.agent,
+                &OverheadArgs {
+                    reps: *reps,
+                    seconds: 0.5,
+                    methods: METHODS.iter().map(|m| m.to_string()).collect(),
+                    modes: Vec::new(),
+                },
+            )?;
+            let doc = format!(
+                "# Performance\n\n\
+                 Measured by `target/release/auspex-bench all --write docs/performance.md` \
+                 (after `cargo build --release`), as root, on: {}.\n\n\
+                 Everything here is a ratio or a count from one run: workloads alternate \
+                 without and with the agent (medians of {reps} runs each, pinned to CPU 0); \
+                 counts are exact numbers of operations against what the agent reported. The \
+                 `ebpf` method does not exist yet, so it has no rows.\n\n\
+                 Targets for `core_bpf` (set in the project's benchmark issue): `getppid` ≥ \
+                 0.99×; ≤ 5 µs added per fork+exec+exit; ≤ 1 µs in kernel per TCP connection; \
+                 UDP ≥ 0.95× with UDP flows reported; 100 % completeness with zero drops; ≥ 1 M \
+                 events/s decode+track on one core; agent RSS ≤ 64 MiB. The tables say where \
+                 it stands; nothing here is adjusted by hand.\n\n\
+                 ## Overhead\n\n\
+                 \"cost per op\" is the time added per operation (1/with − 1/without).\n\n\
+                 {overhead}\n\
+                 ## Completeness and agent cost\n\n\
+                 The same number of execs, TCP connections (each closed at once) and UDP peers \
+                 (one datagram each) while the agent runs; agent CPU and peak RSS over that run. \
+                 The proc method sees only what lives across a scan.\n\n{}\n\
+                 ## In-kernel cost (core_bpf)\n\n\
+                 `kernel.bpf_stats_enabled=1` during the run (restored afterwards): run time \
+                 over run count of each program, per operation.\n\n{}\n\
+                 ## The proc method's scan\n\n{}\n\
+                 ## Userspace pipeline\n\n\
+                 `cargo bench -p auspex-probe --features testing --bench pipeline` (decode → \
+                 enrich → JSON) and `cargo bench -p auspex-track --bench tracker` (tracker \
+                 updates with 10,000 active connections, memory per connection); see their \
+                 output.\n",
+                machine(),
+                completeness(&args.agent, 2000)?,
+                kernel_cost(&args.agent, 2000)?,
+                proc_scan(3)?,
+            );
+            if let Some(path) = write {
+                std::fs::write(path, &doc)?;
+            }
+            doc
+        }
+    };
+    std::io::stdout().write_all(report.as_bytes())?;
     Ok(())
 }

@@ -74,6 +74,13 @@ struct udp_sock_state {
 	__u64 gen;
 	__u32 flags;
 	__u32 tries;
+	/* The peer of the last datagram, already reported: repeated datagrams
+	 * to or from one peer, the common case, stop here, before the shared
+	 * (socket, peer) map. */
+	__u8 last_addr[16];
+	__u16 last_port;
+	__u16 last_family;
+	__u32 _pad;
 	struct bpf_timer timer;
 };
 
@@ -354,7 +361,15 @@ static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 
 	struct udp_sock_state *st = udp_hook(ctx, family, &sk, &fk);
 	__u8 seen = 1;
 
-	if (!st || bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
+	if (!st)
+		return 1;
+	if (st->last_port == fk.port && st->last_family == fk.family &&
+	    !__builtin_memcmp(st->last_addr, fk.addr, sizeof(fk.addr)))
+		return 1;
+	__builtin_memcpy(st->last_addr, fk.addr, sizeof(fk.addr));
+	st->last_port = fk.port;
+	st->last_family = fk.family;
+	if (bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
 		return 1;
 
 	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

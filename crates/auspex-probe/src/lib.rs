@@ -24,3 +24,23 @@ pub use error::ProbeError;
 
 /// Bytes of the argument vector a process event carries at most.
 pub const ARGS_MAX: usize = skel::types::auspex_limits::AUSPEX_ARGS_MAX.0 as usize;
+
+/// Kernel run statistics of one loaded BPF program (needs
+/// `kernel.bpf_stats_enabled=1` to count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRunStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Run statistics of every BPF program loaded on the host.
+pub fn program_run_stats() -> Vec<ProgramRunStats> {
+    libbpf_rs::query::ProgInfoIter::default()
+        .map(|p| ProgramRunStats {
+            name: p.name.to_string_lossy().into_owned(),
+            run_time_ns: p.run_time_ns,
+            run_count: p.run_cnt,
+        })
+        .collect()
+}

@@ -18,6 +18,9 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 /// A running `auspex run --output FILE`, with its stderr collected.
 pub struct Agent {
     pub child: Child,
+    /// Set once `stop` waited for it; otherwise dropping it kills it, so a
+    /// failed test leaves no agent behind.
+    stopped: bool,
     output: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
@@ -54,6 +57,7 @@ impl Agent {
         });
         let agent = Agent {
             child,
+            stopped: false,
             output,
             stderr,
             _dir: dir,
@@ -166,6 +170,7 @@ impl Agent {
     pub fn stop(mut self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let status = self.child.wait().unwrap();
+        self.stopped = true;
         // Let the reader thread see EOF.
         std::thread::sleep(Duration::from_millis(50));
         let lines = self.stderr.lock().unwrap().clone();
@@ -215,4 +220,13 @@ pub fn error_line(stderr: &str) -> &str {
         "exactly one error line expected:\n{stderr}"
     );
     errors[0]
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

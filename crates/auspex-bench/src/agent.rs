@@ -1,0 +1,124 @@
+//! Starting and stopping the agent under test, and what it cost.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub struct Agent {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// CPU time and peak memory of the agent over its life.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost {
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: u64,
+}
+
+impl Agent {
+    /// Starts `auspex run --method METHOD` writing to `output`, and waits
+    /// until its self-check passed.
+    pub fn start(binary: &Path, method: &str, output: &Path) -> anyhow::Result<Agent> {
+        let mut child = Command::new(binary)
+            .args([
+                "run",
+                "--listen",
+                "off",
+                "--method",
+                method,
+                "--scan-interval",
+                "1",
+            ])
+            .arg("--output")
+            .arg(output)
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        loop {
+            match lines.next() {
+                Some(line) => {
+                    let line = line?;
+                    let ready = line.contains("probes attached");
+                    stderr.lock().unwrap().push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                None => bail!(
+                    "the agent ({method}) exited before it was ready:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                ),
+            }
+        }
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Ok(Agent { child, stderr })
+    }
+
+    /// CPU seconds used so far and peak RSS, from /proc.
+    pub fn cost(&self) -> Cost {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name, which may hold spaces.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak_rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Cost {
+            // utime and stime are fields 14 and 15; 12 and 13 after ')'.
+            cpu_seconds: (ticks(11) + ticks(12)) / hz,
+            peak_rss_kib,
+        }
+    }
+
+    /// Stops it (SIGTERM) and returns its summary line.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
+        self.child.wait()?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let lines = self.stderr.lock().unwrap().clone();
+        Ok(lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("auspex: "))
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The number of lost or incomplete events in a summary line.
+pub fn dropped(summary: &str) -> Option<u64> {
+    summary
+        .split("dropped or incomplete ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
