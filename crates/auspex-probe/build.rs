@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["process", "network", "features"];
+const PROBES: &[&str] = &["process", "network", "features", "legacy"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -143,6 +143,19 @@ impl<P: ProcFs> ProcessTable<P> {
     pub fn apply(&mut self, event: &mut Event) {
         match &mut event.kind {
             EventKind::ProcessExec { process } => {
+                // Methods that cannot read the new image from the kernel
+                // leave args (and the parent) to /proc, read now.
+                if process.args.is_none() || process.ppid == 0 {
+                    if let Some(now) = self.proc.process(process.pid) {
+                        if process.args.is_none() {
+                            process.args = now.args;
+                            process.args_truncated = now.args_truncated;
+                        }
+                        if process.ppid == 0 {
+                            process.ppid = now.ppid;
+                        }
+                    }
+                }
                 let container = self.resolve_container(process.pid, process.cgroup_id);
                 self.insert(
                     process.pid,
@@ -184,6 +197,9 @@ impl<P: ProcFs> ProcessTable<P> {
             return;
         };
         if let Some(entry) = self.lookup(process.pid) {
+            if process.ppid == 0 {
+                process.ppid = entry.ppid;
+            }
             if process.exe.is_none() {
                 process.exe = entry.exe;
             }
@@ -393,7 +409,7 @@ mod tests {
     fn exit(pid: u32, cgroup_id: u64) -> Event {
         at(EventKind::ProcessExit {
             process: process(pid, 1, cgroup_id),
-            status: ExitStatus::Exited { exit_code: 0 },
+            status: Some(ExitStatus::Exited { exit_code: 0 }),
         })
     }
 

@@ -47,8 +47,9 @@ pub enum EventKind {
     /// The last thread of a process exited.
     ProcessExit {
         process: Process,
+        /// Absent when the method cannot know it.
         #[serde(flatten)]
-        status: ExitStatus,
+        status: Option<ExitStatus>,
     },
     /// A connection was established (TCP) or first seen (UDP).
     ConnectionOpen(Connection),
@@ -366,7 +367,7 @@ mod tests {
             time(),
             EventKind::ProcessExit {
                 process: process(),
-                status: ExitStatus::from_wait_status(7 << 8),
+                status: Some(ExitStatus::from_wait_status(7 << 8)),
             },
         );
         let v = serde_json::to_value(&exit).unwrap();

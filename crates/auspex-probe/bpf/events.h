@@ -80,6 +80,15 @@ enum auspex_exec_flags {
 	AUSPEX_EXEC_EXE_TRUNCATED = 2,
 	/* The argument vector could not be read from user memory. */
 	AUSPEX_EXEC_ARGS_UNREADABLE = 4,
+	/* data holds the path as given to execve, not resolved components
+	 * (the legacy probe without BTF cannot walk dentries). */
+	AUSPEX_EXEC_EXE_VERBATIM = 8,
+};
+
+/* Bits of exit_event.flags. */
+enum auspex_exit_flags {
+	/* The exit status is not known (the legacy probe saw no exit_group). */
+	AUSPEX_EXIT_STATUS_UNKNOWN = 1,
 };
 
 /* The task an event is about. */
@@ -136,7 +145,7 @@ struct exit_event {
 	/* Raw wait status: (code << 8) for exit(code), the signal number in
 	 * the low 7 bits when killed, 0x80 set when it dumped core. */
 	__u32 exit_status;
-	__u32 _pad;
+	__u32 flags;		/* enum auspex_exit_flags */
 };
 
 /*
@@ -170,6 +179,7 @@ struct auspex_abi {
 	enum auspex_event_kind kind;
 	enum auspex_counter counter;
 	enum auspex_exec_flags exec_flags;
+	enum auspex_exit_flags exit_flags;
 	enum auspex_role role;
 	enum auspex_sock_flags sock_flags;
 };

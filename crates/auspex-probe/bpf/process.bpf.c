@@ -161,7 +161,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	}
 	fill_header(&e->hdr, task, AUSPEX_EVENT_EXIT, sizeof(*e));
 	e->exit_status = BPF_CORE_READ(task, exit_code);
-	e->_pad = 0;
+	e->flags = 0;
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }

@@ -2,7 +2,6 @@
 //! socket hooks, all writing to one ring buffer. Load, attach, read, detach.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
@@ -12,18 +11,15 @@ use std::time::Duration;
 
 use auspex_events::Event;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{
-    ErrorKind, Link, MapCore, MapFlags, OpenObject, Program, ProgramType, RingBuffer,
-    RingBufferBuilder,
-};
+use libbpf_rs::{ErrorKind, Link, OpenObject, Program, ProgramType, RingBuffer, RingBufferBuilder};
 
 use crate::clock::BootClock;
-use crate::decode::{Context, DecodeStats, Decoded, Decoder};
+use crate::decode::{Context, DecodeStats, Decoder};
 use crate::error::{explain, ProbeError};
+use crate::inbox::Inbox;
 use crate::skel::network::{NetworkSkel, NetworkSkelBuilder};
 use crate::skel::process::types::auspex_counter as Counter;
 use crate::skel::process::{ProcessSkel, ProcessSkelBuilder};
-use crate::udp_sockets::UdpSockets;
 use crate::{btf, cgroup, features, libbpf_log, privileges};
 
 /// The probes wake the reader once this fraction of the ring buffer is
@@ -31,9 +27,6 @@ use crate::{btf, cgroup, features, libbpf_log, privileges};
 /// collects on its timed polls. A sixteenth leaves room for bursts while
 /// each wakeup carries thousands of records.
 const WAKEUP_FRACTION: u32 = 16;
-
-/// UDP sockets whose opens are remembered until they are released.
-const UDP_SOCKETS_TRACKED: usize = 65536;
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -87,29 +80,6 @@ pub struct ProbeStats {
 pub struct Degraded {
     pub feature: &'static str,
     pub reason: String,
-}
-
-/// Events waiting for the caller of `poll`, filled by the ring buffer's
-/// callback.
-struct Inbox {
-    decoder: Decoder,
-    udp: UdpSockets,
-    events: VecDeque<Event>,
-}
-
-impl Inbox {
-    fn take(&mut self, record: &[u8]) {
-        match self.decoder.decode(record) {
-            Some(Decoded::Event(event)) => {
-                self.udp.observe(&event);
-                self.events.push_back(*event);
-            }
-            Some(Decoded::UdpReleased { time, sock_id }) => {
-                self.events.extend(self.udp.release(sock_id, time));
-            }
-            None => {}
-        }
-    }
 }
 
 /// The loaded and attached core_bpf probes. Dropping it detaches and
@@ -244,11 +214,9 @@ impl CoreBpf {
             }),
         }
 
-        let inbox = Rc::new(RefCell::new(Inbox {
-            decoder: Decoder::new(Context::new(BootClock::now())),
-            udp: UdpSockets::new(UDP_SOCKETS_TRACKED),
-            events: VecDeque::new(),
-        }));
+        let inbox = Rc::new(RefCell::new(Inbox::new(Decoder::new(Context::new(
+            BootClock::now(),
+        )))));
         let ring = {
             let inbox = Rc::clone(&inbox);
             let mut builder = RingBufferBuilder::new();
@@ -299,10 +267,7 @@ impl CoreBpf {
             what: "ring buffer",
             reason: explain(&e),
         })?;
-        let events = std::mem::take(&mut self.inbox.borrow_mut().events);
-        let n = events.len();
-        events.into_iter().for_each(on_event);
-        Ok(n)
+        Ok(self.inbox.borrow_mut().deliver(on_event))
     }
 
     pub fn stats(&self) -> Result<ProbeStats, ProbeError> {
@@ -319,28 +284,13 @@ impl CoreBpf {
                 udp_connect_unresolved: self
                     .counter(Counter::AUSPEX_DROP_UDP_CONNECT_UNRESOLVED)?,
             },
-            decode: inbox.decoder.stats(),
-            udp_sockets_forgotten: inbox.udp.forgotten(),
+            decode: inbox.decode_stats(),
+            udp_sockets_forgotten: inbox.udp_sockets_forgotten(),
         })
     }
 
-    /// Sums a per-CPU counter over all CPUs.
     fn counter(&self, counter: Counter) -> Result<u64, ProbeError> {
-        let runtime = |reason: String| ProbeError::Runtime {
-            what: "kernel counters",
-            reason,
-        };
-        let per_cpu = self
-            .process
-            .maps
-            .counters
-            .lookup_percpu(&counter.0.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| runtime(explain(&e)))?
-            .ok_or_else(|| runtime(format!("counter {} is missing", counter.0)))?;
-        Ok(per_cpu
-            .iter()
-            .filter_map(|bytes| bytes.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
-            .sum())
+        crate::counters::sum(&self.process.maps.counters, counter)
     }
 
     /// Features running without some of their parts.

@@ -13,9 +13,9 @@ use auspex_events::{
 
 use crate::clock::BootClock;
 use crate::skel::types::{
-    auspex_event_kind as Kind, auspex_exec_flags as ExecFlags, auspex_role as WireRole,
-    auspex_sock_flags as SockFlags, event_header, exec_event, exit_event, fork_event, sock_event,
-    task_info,
+    auspex_event_kind as Kind, auspex_exec_flags as ExecFlags, auspex_exit_flags as ExitFlags,
+    auspex_role as WireRole, auspex_sock_flags as SockFlags, event_header, exec_event, exit_event,
+    fork_event, sock_event, task_info,
 };
 use crate::wire::{read_prefix, Wire};
 
@@ -120,6 +120,16 @@ impl Decoder {
     }
 }
 
+/// A perf event array sample is padded to 8 bytes after the record: the
+/// record is the header's `size` bytes, when the sample holds that many.
+pub fn trim_perf_padding(sample: &[u8]) -> &[u8] {
+    let size = sample
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(usize::MAX, |b| u32::from_ne_bytes(b) as usize);
+    sample.get(..size).unwrap_or(sample)
+}
+
 pub fn decode(record: &[u8], context: &Context) -> Result<Decoded, DecodeError> {
     if record.len() < size_of::<event_header>() {
         return Err(DecodeError::Short);
@@ -146,7 +156,8 @@ pub fn decode(record: &[u8], context: &Context) -> Result<Decoded, DecodeError> 
             let e: exit_event = read_exact(record)?;
             EventKind::ProcessExit {
                 process: process(&header.task),
-                status: ExitStatus::from_wait_status(e.exit_status),
+                status: (e.flags & ExitFlags::AUSPEX_EXIT_STATUS_UNKNOWN.0 == 0)
+                    .then(|| ExitStatus::from_wait_status(e.exit_status)),
             }
         }
         kind @ (Kind::AUSPEX_EVENT_CONNECTION_OPEN
@@ -284,7 +295,13 @@ fn decode_exec(record: &[u8], header: &event_header) -> Result<EventKind, Decode
     let has = |flag: ExecFlags| e.flags & flag.0 != 0;
     Ok(EventKind::ProcessExec {
         process: Process {
-            exe: (!exe.is_empty()).then(|| path_from_leaf_first(exe)),
+            exe: (!exe.is_empty()).then(|| {
+                if has(ExecFlags::AUSPEX_EXEC_EXE_VERBATIM) {
+                    String::from_utf8_lossy(exe).into_owned()
+                } else {
+                    path_from_leaf_first(exe)
+                }
+            }),
             exe_truncated: has(ExecFlags::AUSPEX_EXEC_EXE_TRUNCATED),
             args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args)),
             args_truncated: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE))
@@ -414,7 +431,7 @@ mod tests {
         assert!(matches!(
             event.kind,
             EventKind::ProcessExit {
-                status: ExitStatus::Exited { exit_code: 3 },
+                status: Some(ExitStatus::Exited { exit_code: 3 }),
                 ..
             }
         ));

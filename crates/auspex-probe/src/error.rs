@@ -30,6 +30,12 @@ pub enum ProbeError {
     #[error("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF needs Linux 5.8 or later)")]
     RingBufUnsupported,
 
+    #[error(
+        "tracefs is not mounted (classic tracepoints attach through it): mount -t tracefs \
+         nodev /sys/kernel/tracing"
+    )]
+    TracefsMissing,
+
     #[error("loading the {probe} probe failed: {reason}")]
     Load { probe: &'static str, reason: String },
 

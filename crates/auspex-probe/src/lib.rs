@@ -7,9 +7,12 @@ pub mod btf;
 mod cgroup;
 mod clock;
 mod core_bpf;
+mod counters;
 pub mod decode;
 mod error;
 pub mod features;
+mod inbox;
+mod legacy_bpf;
 mod libbpf_log;
 mod privileges;
 mod skel;
@@ -21,6 +24,7 @@ mod wire;
 pub use clock::BootClock;
 pub use core_bpf::{CoreBpf, Degraded, KernelDrops, ProbeConfig, ProbeStats};
 pub use error::ProbeError;
+pub use legacy_bpf::LegacyBpf;
 
 /// Bytes of the argument vector a process event carries at most.
 pub const ARGS_MAX: usize = skel::types::auspex_limits::AUSPEX_ARGS_MAX.0 as usize;

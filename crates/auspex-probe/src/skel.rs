@@ -10,6 +10,10 @@ pub mod network {
     include!(concat!(env!("OUT_DIR"), "/network.skel.rs"));
 }
 
+pub mod legacy {
+    include!(concat!(env!("OUT_DIR"), "/legacy.skel.rs"));
+}
+
 pub mod features {
     include!(concat!(env!("OUT_DIR"), "/features.skel.rs"));
 }

@@ -147,7 +147,7 @@ fn exec_fork_exit_with_unusual_arguments() {
     let EventKind::ProcessExit { status, process } = &exit.kind else {
         unreachable!()
     };
-    assert_eq!(*status, ExitStatus::Exited { exit_code: 7 });
+    assert_eq!(*status, Some(ExitStatus::Exited { exit_code: 7 }));
     assert_process(process, &base_process(&child, "sh"), "exit");
     assert!(fork.time <= exec.time && exec.time <= exit.time);
     let now = chrono::Utc::now();
@@ -245,10 +245,10 @@ fn killed_process_reports_the_signal() {
     };
     assert_eq!(
         status,
-        ExitStatus::Signaled {
+        Some(ExitStatus::Signaled {
             signal: 15,
             core_dumped: false
-        }
+        })
     );
 }
 

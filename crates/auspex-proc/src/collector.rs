@@ -165,7 +165,7 @@ impl ProcCollector {
                         args_truncated: None,
                         ..process
                     },
-                    status: ExitStatus::from_wait_status(exit_code),
+                    status: Some(ExitStatus::from_wait_status(exit_code)),
                 }
             }
             ProcEvent::Exit { .. } | ProcEvent::Ack { .. } => return None,

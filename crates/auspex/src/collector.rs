@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use auspex_events::Event;
-use auspex_probe::CoreBpf;
+use auspex_probe::{CoreBpf, LegacyBpf, ProbeStats};
 use auspex_proc::ProcCollector;
 
 /// A part of a method that could not run, and why.
@@ -37,22 +37,52 @@ impl Collector for CoreBpf {
     }
 
     fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let s = self.stats()?;
-        let k = s.kernel_drops;
-        Ok(vec![
-            ("ringbuf_full_exec", k.exec),
-            ("ringbuf_full_fork", k.fork),
-            ("ringbuf_full_exit", k.exit),
-            ("ringbuf_full_network", k.network),
-            ("undecodable_record", s.decode.rejected()),
-            ("socket_map_full", k.socket_maps_full),
-            ("udp_connect_unresolved", k.udp_connect_unresolved),
-            ("udp_socket_forgotten", s.udp_sockets_forgotten),
-        ])
+        Ok(probe_drops(&self.stats()?))
     }
 
     fn degraded(&self) -> Vec<Degraded> {
         CoreBpf::degraded(self)
+            .iter()
+            .map(|d| Degraded {
+                feature: d.feature.to_string(),
+                reason: d.reason.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The drops of a BPF method, by cause.
+fn probe_drops(s: &ProbeStats) -> Vec<(&'static str, u64)> {
+    let k = s.kernel_drops;
+    vec![
+        ("buffer_full_exec", k.exec),
+        ("buffer_full_fork", k.fork),
+        ("buffer_full_exit", k.exit),
+        ("buffer_full_network", k.network),
+        ("undecodable_record", s.decode.rejected()),
+        ("socket_map_full", k.socket_maps_full),
+        ("udp_connect_unresolved", k.udp_connect_unresolved),
+        ("udp_socket_forgotten", s.udp_sockets_forgotten),
+    ]
+}
+
+impl Collector for LegacyBpf {
+    fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        LegacyBpf::poll(self, timeout, on_event)?;
+        Ok(())
+    }
+
+    fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        LegacyBpf::drain(self, on_event)?;
+        Ok(())
+    }
+
+    fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        Ok(probe_drops(&self.stats()?))
+    }
+
+    fn degraded(&self) -> Vec<Degraded> {
+        LegacyBpf::degraded(self)
             .iter()
             .map(|d| Degraded {
                 feature: d.feature.to_string(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use auspex_probe::features::FeatureReport;
-use auspex_probe::{CoreBpf, ProbeConfig};
+use auspex_probe::{CoreBpf, LegacyBpf, ProbeConfig};
 use auspex_proc::ProcCollector;
 
 use crate::collector::{Collector, Degraded};
@@ -39,7 +39,11 @@ pub const BLIND_METHOD_ENV: &str = "AUSPEX_TEST_BLIND_METHOD";
 
 /// The registered methods, best first: what `auto` tries, in this order.
 pub fn registered() -> Vec<Box<dyn Method>> {
-    let mut methods: Vec<Box<dyn Method>> = vec![Box::new(CoreBpfMethod), Box::new(ProcMethod)];
+    let mut methods: Vec<Box<dyn Method>> = vec![
+        Box::new(CoreBpfMethod),
+        Box::new(EbpfMethod),
+        Box::new(ProcMethod),
+    ];
     if std::env::var_os(BLIND_METHOD_ENV).is_some() {
         methods.insert(0, Box::new(Blind));
     }
@@ -88,6 +92,36 @@ impl Method for CoreBpfMethod {
             ring_buffer_bytes: config.ring_buffer_bytes,
         })?;
         Ok(Box::new(probe))
+    }
+}
+
+/// Classic tracepoints and a perf event array, no BTF needed.
+pub struct EbpfMethod;
+
+impl Method for EbpfMethod {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn unmet(&self, f: &FeatureReport) -> Option<String> {
+        let mut missing = Vec::new();
+        if !f.privileges.can_trace() {
+            missing.push("privileges: needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN".to_string());
+        }
+        for (name, check) in [
+            ("bpf()", &f.bpf_syscall),
+            ("perf event array", &f.perf_event_array),
+            ("tracefs", &f.tracefs),
+        ] {
+            if !check.ok {
+                missing.push(format!("{name}: {}", check.detail));
+            }
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    fn start(&self, _: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
+        Ok(Box::new(LegacyBpf::load()?))
     }
 }
 

@@ -40,8 +40,15 @@ impl Pipeline {
         }
     }
 
-    pub fn deliver(&mut self, mut event: Event) {
-        self.processes.apply(&mut event);
+    /// Adds what the event lacked (before anything looks at it: the
+    /// self-check recognises its own exec by arguments some methods get
+    /// only from here).
+    pub fn enrich(&mut self, event: &mut Event) {
+        self.processes.apply(event);
+    }
+
+    /// Tracks and writes an enriched event.
+    pub fn emit(&mut self, event: Event) {
         if let Some(tracker) = &mut self.tracker {
             tracker.observe(&event);
         }

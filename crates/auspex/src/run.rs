@@ -90,9 +90,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     agent.collect(collector.as_mut(), args)?;
     // What the kernel produced before the stop is still owed to the reader.
     let (pipeline, canaries) = (&mut agent.pipeline, &agent.canaries);
-    collector.drain(&mut |e| {
+    collector.drain(&mut |mut e| {
+        pipeline.enrich(&mut e);
         if !canaries.claim(&e, None) {
-            pipeline.deliver(e)
+            pipeline.emit(e)
         }
     })?;
     agent.pipeline.write_deltas();
@@ -226,9 +227,10 @@ impl Agent {
     fn scrape(&mut self, method: &str) {
         let events = auspex_enrich::scrape::startup(method != "proc");
         let n = events.len();
-        for e in events {
+        for mut e in events {
+            self.pipeline.enrich(&mut e);
             if !self.canaries.claim(&e, None) {
-                self.pipeline.deliver(e);
+                self.pipeline.emit(e);
             }
         }
         tracing::info!("startup scrape: {n} processes, endpoints and connections");
@@ -251,9 +253,10 @@ impl Agent {
         self.canaries.remember(&canary);
         loop {
             let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
-            let polled = collector.poll(POLL_INTERVAL, &mut |e| {
+            let polled = collector.poll(POLL_INTERVAL, &mut |mut e| {
+                pipeline.enrich(&mut e);
                 if !canaries.claim(&e, Some(&mut canary)) {
-                    pipeline.deliver(e);
+                    pipeline.emit(e);
                 }
             });
             let took = canary.started.elapsed();
@@ -291,9 +294,10 @@ impl Agent {
         let mut next_publish = Instant::now();
         while !self.stop.load(Ordering::Relaxed) && !self.pipeline.sink.failed() {
             let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
-            collector.poll(POLL_INTERVAL, &mut |e| {
+            collector.poll(POLL_INTERVAL, &mut |mut e| {
+                pipeline.enrich(&mut e);
                 if !canaries.claim(&e, heartbeat.as_mut()) {
-                    pipeline.deliver(e);
+                    pipeline.emit(e);
                 }
             })?;
             self.pipeline.sink.flush();

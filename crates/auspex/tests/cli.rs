@@ -258,7 +258,7 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     ]);
     let agent = Agent::launch(command, &["--scan-interval", "0.5"]);
     let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
-    assert_eq!(s["method"], "proc", "{s:#}");
+    assert_eq!(s["method"], "ebpf", "{s:#}");
     assert_eq!(s["attempts"][0]["method"], "core_bpf", "{s:#}");
     assert_eq!(s["attempts"][0]["outcome"], "skipped", "{s:#}");
     let reason = s["attempts"][0]["reason"].as_str().unwrap();
@@ -266,8 +266,19 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
         reason.starts_with(&NO_KERNEL_BTF["core_bpf (skipped): ".len()..]),
         "{reason}"
     );
-    assert_eq!(s["attempts"][1]["method"], "proc", "{s:#}");
+    assert_eq!(s["attempts"][1]["method"], "ebpf", "{s:#}");
     assert_eq!(s["attempts"][1]["outcome"], "active", "{s:#}");
+    // Without BTF, the legacy probe still sees processes: an exec with its
+    // arguments (read from /proc) and its exit code.
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "sleep 0.3; exit 6", "no-btf"])
+        .spawn()
+        .unwrap();
+    child.wait().unwrap();
+    let exec = agent.event("process_exec", child.id());
+    assert_eq!(exec["process"]["exe"], "/bin/sh", "{exec}");
+    assert_eq!(exec["process"]["args"][3], "no-btf", "{exec}");
+    assert_eq!(agent.event("process_exit", child.id())["exit_code"], 6);
     assert_eq!(s["features"]["kernel_btf"]["ok"], false, "{s:#}");
     // The startup diagnostics name each attempt, its outcome and the BTF source.
     let log = agent.stderr_text();
@@ -276,7 +287,7 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
         "{log}"
     );
     assert!(log.contains("core_bpf: skipped after "), "{log}");
-    assert!(log.contains("proc: active after "), "{log}");
+    assert!(log.contains("ebpf: active after "), "{log}");
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
 }
@@ -338,25 +349,24 @@ fn a_method_whose_canary_misses_is_unloaded_with_the_reason() {
         error.starts_with(
             "auspex: error: no collection method can run here: core_bpf (canary missed): did not \
              see the exec of pid "
-        ) && error.contains("with its nonce within 1s; proc (canary missed): did not see the exec")
+        ) && error.contains("with its nonce within 1s; ebpf (canary missed): did not see the exec")
+            && error.contains("; proc (canary missed): did not see the exec")
             && error.ends_with("within 1.5s"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("method=\"core_bpf\" next=\"proc\""),
+        stderr.contains("method=\"core_bpf\" next=\"ebpf\""),
         "{stderr}"
     );
+    assert!(stderr.contains("method=\"ebpf\" next=\"proc\""), "{stderr}");
     assert!(stderr.contains("method=\"proc\" next=\"none\""), "{stderr}");
 }
 
 #[test]
-fn explicit_methods_not_built_yet_are_refused() {
-    let (code, stderr) = run_failing(&mut auspex_run(&["--method", "ebpf"]));
-    assert_eq!(code, 1);
-    assert_eq!(
-        error_line(&stderr),
-        "auspex: error: the ebpf method is not available in this build yet"
-    );
+fn unknown_methods_are_refused() {
+    let (code, stderr) = run_failing(&mut auspex_run(&["--method", "dtrace"]));
+    assert_eq!(code, 2, "usage errors exit with 2: {stderr}");
+    assert!(stderr.contains("invalid value 'dtrace'"), "{stderr}");
 }
 
 #[test]
@@ -382,7 +392,7 @@ fn auto_picks_core_bpf_and_every_report_says_so() {
     assert_eq!(s["features"]["tp_btf"]["ok"], true, "{s:#}");
     assert_eq!(s["degraded"], json!([]), "{s:#}");
     assert_eq!(s["heartbeat"]["misses"], 0, "{s:#}");
-    assert!(s["drops"]["ringbuf_full_exec"].is_u64(), "{s:#}");
+    assert!(s["drops"]["buffer_full_exec"].is_u64(), "{s:#}");
 
     let (code, text) = agent.http_get("/metrics");
     assert_eq!(code, 200);
@@ -417,7 +427,7 @@ fn auto_picks_core_bpf_and_every_report_says_so() {
         "{text}"
     );
     assert_eq!(
-        value("auspex_drops_total", Some(("cause", "ringbuf_full_exec"))),
+        value("auspex_drops_total", Some(("cause", "buffer_full_exec"))),
         Some(0.0),
         "{text}"
     );

@@ -151,8 +151,11 @@ fn auto_without_bpf_privileges_picks_proc_and_says_why() {
             .starts_with("privileges: needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN"),
         "{s:#}"
     );
-    assert_eq!(s["attempts"][1]["method"], "proc", "{s:#}");
-    assert_eq!(s["attempts"][1]["outcome"], "active", "{s:#}");
+    // ebpf needs the same capabilities: skipped too.
+    assert_eq!(s["attempts"][1]["method"], "ebpf", "{s:#}");
+    assert_eq!(s["attempts"][1]["outcome"], "skipped", "{s:#}");
+    assert_eq!(s["attempts"][2]["method"], "proc", "{s:#}");
+    assert_eq!(s["attempts"][2]["outcome"], "active", "{s:#}");
     assert_eq!(s["ready"], true, "{s:#}");
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
