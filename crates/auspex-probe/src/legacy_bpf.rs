@@ -1,35 +1,38 @@
 //! The legacy (ebpf) method: classic tracepoints and a perf event array,
 //! no CO-RE, for kernels without BTF or ring buffers (bpf/legacy.bpf.c).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
 use auspex_events::Event;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{ErrorKind, Link, OpenObject, PerfBuffer, PerfBufferBuilder};
+use libbpf_rs::{Link, OpenObject};
 
 use crate::clock::BootClock;
 use crate::core_bpf::{Degraded, KernelDrops, ProbeStats};
 use crate::decode::{trim_perf_padding, Context, Decoder};
 use crate::error::{explain, ProbeError};
 use crate::inbox::Inbox;
+use crate::perf_reader::BatchedPerf;
 use crate::skel::legacy::{LegacySkel, LegacySkelBuilder};
 use crate::skel::types::auspex_counter as Counter;
 use crate::{features, libbpf_log, privileges};
 
 /// Pages of perf buffer per CPU (a power of two).
 const PERF_PAGES: usize = 256;
+/// Samples per wakeup of the reader; fewer wait for its next poll.
+const WAKEUP_EVENTS: u32 = 64;
 
 /// The loaded and attached legacy probes. Dropping it detaches and unloads
 /// everything.
 pub struct LegacyBpf {
     // Field order is drop order: stop reading, detach, close the object.
-    perf: PerfBuffer<'static>,
+    perf: BatchedPerf,
     inbox: Rc<RefCell<Inbox>>,
-    lost: Rc<Cell<u64>>,
     links: Vec<Link>,
     skel: LegacySkel<'static>,
     degraded: Vec<Degraded>,
@@ -80,17 +83,20 @@ impl LegacyBpf {
         let inbox = Rc::new(RefCell::new(Inbox::new(Decoder::new(Context::new(
             BootClock::now(),
         )))));
-        let lost = Rc::new(Cell::new(0u64));
         let perf = {
-            let (inbox, lost) = (Rc::clone(&inbox), Rc::clone(&lost));
-            PerfBufferBuilder::new(&skel.maps.perf_events)
-                .pages(PERF_PAGES)
-                .sample_cb(move |_cpu: i32, sample: &[u8]| {
+            let inbox = Rc::clone(&inbox);
+            BatchedPerf::new(
+                skel.maps.perf_events.as_fd(),
+                PERF_PAGES,
+                WAKEUP_EVENTS,
+                Box::new(move |sample: &[u8]| {
                     inbox.borrow_mut().take(trim_perf_padding(sample));
-                })
-                .lost_cb(move |_cpu: i32, count: u64| lost.set(lost.get() + count))
-                .build()
-                .map_err(load_error)?
+                }),
+            )
+            .map_err(|e| ProbeError::Load {
+                probe: "legacy",
+                reason: format!("opening the perf buffer failed: {e}"),
+            })?
         };
         let degraded = vec![Degraded {
             feature: "udp",
@@ -99,30 +105,26 @@ impl LegacyBpf {
         Ok(LegacyBpf {
             perf,
             inbox,
-            lost,
             links,
             skel,
             degraded,
         })
     }
 
-    /// Waits up to `timeout` for samples, then hands each decoded event to
-    /// `on_event`.
+    /// Waits up to `timeout` for a batch of samples, then hands each decoded
+    /// event (of the batch, and of whatever waits below one) to `on_event`.
     pub fn poll(
         &mut self,
         timeout: Duration,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<usize, ProbeError> {
-        match self.perf.poll(timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(ProbeError::Runtime {
-                    what: "perf buffer",
-                    reason: explain(&e),
-                })
-            }
-        }
+        let runtime = |e: std::io::Error| ProbeError::Runtime {
+            what: "perf buffer",
+            reason: e.to_string(),
+        };
+        self.perf.poll(timeout).map_err(runtime)?;
+        // The flush: samples below the wakeup batch are read here.
+        self.perf.consume().map_err(runtime)?;
         Ok(self.inbox.borrow_mut().deliver(on_event))
     }
 
@@ -130,7 +132,7 @@ impl LegacyBpf {
     pub fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<usize, ProbeError> {
         self.perf.consume().map_err(|e| ProbeError::Runtime {
             what: "perf buffer",
-            reason: explain(&e),
+            reason: e.to_string(),
         })?;
         Ok(self.inbox.borrow_mut().deliver(on_event))
     }
@@ -144,7 +146,7 @@ impl LegacyBpf {
                 fork: counter(Counter::AUSPEX_DROP_RINGBUF_FORK)?,
                 exit: counter(Counter::AUSPEX_DROP_RINGBUF_EXIT)?,
                 // Samples the kernel could not put in a full perf buffer.
-                network: counter(Counter::AUSPEX_DROP_RINGBUF_NET)? + self.lost.get(),
+                network: counter(Counter::AUSPEX_DROP_RINGBUF_NET)? + self.perf.lost(),
                 socket_maps_full: counter(Counter::AUSPEX_DROP_SOCK_OWNERS_FULL)?
                     + counter(Counter::AUSPEX_DROP_LISTENERS_FULL)?,
                 udp_connect_unresolved: 0,

@@ -36,6 +36,8 @@ struct Owners {
 pub struct Scanner {
     reader: ProcReader,
     previous: Snapshot,
+    /// Sockets seen without an owner last scan (see `defer_unowned`).
+    deferred: std::collections::HashSet<SockKey>,
     sock_key: RandomState,
     /// Process details by (pid, start time): read once per process, not
     /// once per scan.
@@ -54,6 +56,7 @@ impl Scanner {
         Scanner {
             reader,
             previous: Snapshot::default(),
+            deferred: std::collections::HashSet::new(),
             sock_key: RandomState::new(),
             processes: HashMap::new(),
             ephemeral_low,
@@ -63,7 +66,8 @@ impl Scanner {
     /// Scans, and returns what opened and closed since the last scan.
     pub fn scan(&mut self, time: DateTime<Utc>) -> Vec<Event> {
         let owners = self.owners();
-        let current = self.snapshot(&owners);
+        let mut current = self.snapshot(&owners);
+        self.defer_unowned(&mut current);
         let previous = std::mem::replace(&mut self.previous, current);
         let current = &self.previous;
         let mut events = Vec::new();
@@ -92,6 +96,35 @@ impl Scanner {
         let alive: std::collections::HashSet<u32> = owners.by_inode.values().copied().collect();
         self.processes.retain(|(pid, _), _| alive.contains(pid));
         events
+    }
+
+    /// A socket created between reading the processes' fds and reading
+    /// the socket tables has no owner yet: it is reported one scan later,
+    /// with its owner, rather than now without. One that still has none
+    /// then (its owner is not visible here) is reported as it is.
+    fn defer_unowned(&mut self, current: &mut Snapshot) {
+        let previous = &self.previous;
+        let deferred = &self.deferred;
+        let mut now_deferred = std::collections::HashSet::new();
+        current.connections.retain(|key, c| {
+            let keep = c.process.is_some()
+                || previous.connections.contains_key(key)
+                || deferred.contains(key);
+            if !keep {
+                now_deferred.insert(*key);
+            }
+            keep
+        });
+        current.endpoints.retain(|key, e| {
+            let keep = e.process.is_some()
+                || previous.endpoints.contains_key(key)
+                || deferred.contains(key);
+            if !keep {
+                now_deferred.insert(*key);
+            }
+            keep
+        });
+        self.deferred = now_deferred;
     }
 
     fn owners(&self) -> Owners {

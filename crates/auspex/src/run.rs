@@ -23,6 +23,10 @@ use crate::status::{now_secs, Attempt, CheckResult, Outcome, SharedStatus};
 
 /// How long one poll may wait; bounds how late a stop request is noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Set (to anything) to report BPF ring buffers unavailable: a test-only
+/// way to make `auto` take the perf-buffer path on a kernel that has both.
+const NO_RING_BUFFER_ENV: &str = "AUSPEX_TEST_NO_RINGBUF";
+
 /// How often counters are copied into /status and /metrics.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -52,10 +56,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
-    let features = features::probe_all(
+    let mut features = features::probe_all(
         args.btf.as_deref(),
         Check::from_result(auspex_proc::probe_connector()),
     );
+    if std::env::var_os(NO_RING_BUFFER_ENV).is_some() {
+        features.ring_buffer = Check::from_result(Err(format!(
+            "reported unavailable for a test ({NO_RING_BUFFER_ENV})"
+        )));
+    }
     {
         let mut s = status.lock().unwrap();
         s.method_requested = args.method.clone();

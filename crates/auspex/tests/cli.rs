@@ -493,6 +493,30 @@ fn a_method_that_misses_its_canary_gives_way_to_the_next() {
 }
 
 #[test]
+fn without_ring_buffers_auto_takes_the_perf_buffer_path() {
+    let mut command = Command::new(AUSPEX);
+    command.arg("run").env("AUSPEX_TEST_NO_RINGBUF", "1");
+    let agent = Agent::launch(command, &[]);
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["method"], "ebpf", "{s:#}");
+    assert_eq!(s["attempts"][0]["outcome"], "skipped", "{s:#}");
+    assert!(
+        s["attempts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ring buffer: reported unavailable for a test"),
+        "{s:#}"
+    );
+    // Events still arrive, through the perf event array.
+    let mut child = Command::new("/bin/true").arg("perf-path").spawn().unwrap();
+    child.wait().unwrap();
+    let exec = agent.event("process_exec", child.id());
+    assert_eq!(exec["process"]["exe"], "/bin/true", "{exec}");
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
 fn a_missed_heartbeat_makes_the_agent_not_ready() {
     let mut command = Command::new(AUSPEX);
     command
