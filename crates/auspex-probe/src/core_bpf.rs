@@ -15,7 +15,7 @@ use libbpf_rs::{ErrorKind, Link, OpenObject, Program, ProgramType, RingBuffer, R
 
 use crate::clock::BootClock;
 use crate::decode::{Context, DecodeStats, Decoder};
-use crate::error::{explain, ProbeError};
+use crate::error::{errno_of, explain, ProbeError};
 use crate::inbox::Inbox;
 use crate::skel::network::{NetworkSkel, NetworkSkelBuilder};
 use crate::skel::process::types::auspex_counter as Counter;
@@ -103,10 +103,28 @@ fn object_storage() -> &'static mut MaybeUninit<OpenObject> {
     Box::leak(Box::new(MaybeUninit::uninit()))
 }
 
-fn load_error(probe: &'static str) -> impl Fn(libbpf_rs::Error) -> ProbeError {
-    move |e| ProbeError::Load {
-        probe,
-        reason: explain(&e),
+pub(crate) fn load_error(probe: &'static str) -> impl Fn(libbpf_rs::Error) -> ProbeError {
+    move |e| match errno_of(&e) {
+        Some(libc::EAGAIN) => ProbeError::Interrupted { probe },
+        _ => ProbeError::Load {
+            probe,
+            reason: explain(&e),
+        },
+    }
+}
+
+/// Loads with `load`, again when the verifier was interrupted by signals
+/// (a busy process gets some: libbpf's own five tries are not always
+/// enough).
+pub(crate) fn retry_interrupted<T>(
+    mut load: impl FnMut() -> Result<T, ProbeError>,
+) -> Result<T, ProbeError> {
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(ProbeError::Interrupted { .. }) if tries < 5 => tries += 1,
+            result => return result,
+        }
     }
 }
 
@@ -119,6 +137,10 @@ fn attach_error(program: &'static str) -> impl Fn(libbpf_rs::Error) -> ProbeErro
 
 impl CoreBpf {
     pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        retry_interrupted(|| Self::load_once(config))
+    }
+
+    fn load_once(config: &ProbeConfig) -> Result<Self, ProbeError> {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         let custom_btf = btf::relocation_source(config.btf_file.as_deref())?;

@@ -36,6 +36,11 @@ pub enum ProbeError {
     )]
     TracefsMissing,
 
+    /// The verifier gave up because a signal arrived meanwhile (EAGAIN,
+    /// after libbpf's own retries): worth another try.
+    #[error("loading the {probe} probe was interrupted by signals, repeatedly")]
+    Interrupted { probe: &'static str },
+
     #[error("loading the {probe} probe failed: {reason}")]
     Load { probe: &'static str, reason: String },
 

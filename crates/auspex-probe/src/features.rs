@@ -170,12 +170,32 @@ enum Hook {
 }
 
 /// Loads one program of bpf/features.bpf.c (the others switched off, so
-/// that one refusal does not hide another's answer) and attaches it.
+/// that one refusal does not hide another's answer) and attaches it; again
+/// when a signal interrupted the verifier (EAGAIN), which says nothing
+/// about the feature.
 fn attach_probe(hook: Hook) -> Result<String, String> {
+    let mut tries = 0;
+    loop {
+        match attach_probe_once(hook) {
+            Err((Some(libc::EAGAIN), _)) if tries < 5 => tries += 1,
+            Err((_, reason)) => return Err(reason),
+            Ok(done) => return Ok(done),
+        }
+    }
+}
+
+/// One try: the answer, or the errno and the reason of the refusal.
+fn attach_probe_once(hook: Hook) -> Result<String, (Option<i32>, String)> {
+    let refused = |what: &str, e: libbpf_rs::Error| {
+        (
+            errno_of(&e),
+            format!("the kernel refused to {what} it: {e}"),
+        )
+    };
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let mut open = FeaturesSkelBuilder::default()
         .open(&mut storage)
-        .map_err(|e| explain(&e))?;
+        .map_err(|e| (errno_of(&e), explain(&e)))?;
     open.progs
         .probe_tp_btf
         .set_autoload(matches!(hook, Hook::TpBtf));
@@ -185,17 +205,13 @@ fn attach_probe(hook: Hook) -> Result<String, String> {
     open.progs
         .probe_raw_tp
         .set_autoload(matches!(hook, Hook::RawTp));
-    let skel = open
-        .load()
-        .map_err(|e| format!("the kernel refused to load it: {e}"))?;
+    let skel = open.load().map_err(|e| refused("load", e))?;
     let (prog, what) = match hook {
         Hook::TpBtf => (&skel.progs.probe_tp_btf, "tp_btf/sched_process_fork"),
         Hook::Fentry => (&skel.progs.probe_fentry, "fentry/do_exit"),
         Hook::RawTp => (&skel.progs.probe_raw_tp, "raw_tp/sched_process_fork"),
     };
-    let _link = prog
-        .attach()
-        .map_err(|e| format!("the kernel refused to attach it: {e}"))?;
+    let _link = prog.attach().map_err(|e| refused("attach", e))?;
     Ok(format!("{what} loaded and attached"))
 }
 

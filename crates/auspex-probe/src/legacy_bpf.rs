@@ -40,6 +40,10 @@ pub struct LegacyBpf {
 
 impl LegacyBpf {
     pub fn load() -> Result<Self, ProbeError> {
+        crate::core_bpf::retry_interrupted(Self::load_once)
+    }
+
+    fn load_once() -> Result<Self, ProbeError> {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         features::require_bpf()?;
@@ -52,17 +56,14 @@ impl LegacyBpf {
         {
             return Err(ProbeError::TracefsMissing);
         }
-        let load_error = |e: libbpf_rs::Error| ProbeError::Load {
-            probe: "legacy",
-            reason: explain(&e),
-        };
+        let load_error = || crate::core_bpf::load_error("legacy");
         // See CoreBpf::load on why the storage is leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
         let open = LegacySkelBuilder::default()
             .open(storage)
-            .map_err(load_error)?;
-        let skel = open.load().map_err(load_error)?;
+            .map_err(load_error())?;
+        let skel = open.load().map_err(load_error())?;
         let p = &skel.progs;
         let links = [
             ("legacy_exec", &p.legacy_exec),
