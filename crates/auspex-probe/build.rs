@@ -36,8 +36,11 @@ fn main() {
         println!("cargo:rerun-if-changed={src}");
     }
     for header in [
+        "bpf/counters.h",
         "bpf/events.h",
         "bpf/output.h",
+        "bpf/owners.h",
+        "bpf/scratch.h",
         "bpf/task.h",
         "bpf/vmlinux.h",
     ] {

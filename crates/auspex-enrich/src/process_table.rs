@@ -24,27 +24,9 @@ pub trait ProcFs {
 }
 
 /// The real /proc (and cgroup v2 hierarchy).
+#[derive(Default)]
 pub struct SystemProc {
     reader: ProcReader,
-    cgroup2: Option<PathBuf>,
-}
-
-impl Default for SystemProc {
-    fn default() -> Self {
-        let cgroup2 = procfs::process::Process::myself()
-            .and_then(|p| p.mountinfo())
-            .ok()
-            .and_then(|mounts| {
-                mounts
-                    .into_iter()
-                    .find(|m| m.fs_type == "cgroup2" && m.root == "/")
-                    .map(|m| m.mount_point)
-            });
-        SystemProc {
-            reader: ProcReader::new(),
-            cgroup2,
-        }
-    }
 }
 
 /// Finds the directory with inode `id` below `dir`, breadth first.
@@ -84,7 +66,7 @@ impl ProcFs for SystemProc {
     }
 
     fn cgroup_path(&self, id: u64) -> Option<String> {
-        let root = self.cgroup2.as_ref()?;
+        let root = self.reader.cgroup2_root()?;
         let found = find_cgroup(root, id)?;
         let relative = found.strip_prefix(root).ok()?;
         Some(format!("/{}", relative.display()))

@@ -15,6 +15,9 @@
 #include <bpf/bpf_helpers.h>
 
 #include "events.h"
+#include "counters.h"
+#include "owners.h"
+#include "scratch.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -28,20 +31,7 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } perf_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, AUSPEX_COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
-/* Records are assembled here: an exec record is too large for the stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, union auspex_record);
-} scratch SEC(".maps");
 
 /* Exit codes by process, from exit_group, until the process is gone. */
 struct {
@@ -51,12 +41,6 @@ struct {
 	__type(value, __u32);
 } exit_codes SEC(".maps");
 
-struct sock_owner {
-	struct task_info task;
-	__u32 role;
-	__u16 port;
-	__u16 _pad;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -110,13 +94,6 @@ struct tp_inet_sock_set_state {
 	__u8 daddr_v6[16];
 };
 
-static __always_inline void count(__u32 counter)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
-
-	if (value)
-		__sync_fetch_and_add(value, 1);
-}
 
 static __always_inline void emit(void *ctx, void *record, __u32 size, __u32 counter)
 {

@@ -15,6 +15,7 @@
 #include "events.h"
 #include "output.h"
 #include "task.h"
+#include "owners.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -24,17 +25,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_UDP 17
 #define CLOCK_MONOTONIC 1
 
-/* The owner and role of each TCP socket we reported (or are about to), so
- * that events raised in softirq context, where `current` is whoever
- * happened to run, are attributed to the right process. */
-struct sock_owner {
-	struct task_info task;
-	__u32 role;
-	/* A listener's port: by the time a listener's close is traced the
-	 * kernel may have released its port already. */
-	__u16 port;
-	__u16 _pad;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -1,25 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Where every probe of the core_bpf method sends its records, and how it
- * counts what it could not send. Userspace sizes `events` before load.
+ * Where every probe of the core_bpf method sends its records (a ring
+ * buffer), and when it wakes the reader. Userspace sizes `events` before
+ * load.
  */
 #ifndef AUSPEX_OUTPUT_H
 #define AUSPEX_OUTPUT_H
 
 #include "events.h"
+#include "counters.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
-
-/* Per CPU so that counting never contends; userspace sums the CPUs. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, AUSPEX_COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
 /*
  * Set by userspace before load. Waking the reader is the costliest part of
@@ -37,17 +31,6 @@ static __always_inline __u64 wakeup_flag(void)
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline void count(__u32 counter)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
-
-	/* The result is unused, so clang emits a plain atomic add rather than
-	 * a fetch-add, which kernels before 5.12 reject. Atomic because a
-	 * program may be preempted by another on the same CPU. */
-	if (value)
-		__sync_fetch_and_add(value, 1);
 }
 
 #endif /* AUSPEX_OUTPUT_H */

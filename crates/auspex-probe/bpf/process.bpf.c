@@ -12,21 +12,11 @@
 
 #include "events.h"
 #include "output.h"
+#include "scratch.h"
 #include "task.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* A per-CPU buffer where an exec record is assembled: it is too large for
- * the BPF stack, and sending only its used bytes (bpf_ringbuf_output) keeps
- * the ring buffer from filling with padding. The value type is the union of
- * all records, which also keeps every record type in the object's BTF so
- * the build can generate its Rust twin. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, union auspex_record);
-} scratch SEC(".maps");
 
 /*
  * Writes the executable's path as components leaf first (see events.h),

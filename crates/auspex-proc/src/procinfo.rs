@@ -33,6 +33,11 @@ impl ProcReader {
         ProcReader { cgroup2 }
     }
 
+    /// Where cgroup v2 is mounted, if it is.
+    pub fn cgroup2_root(&self) -> Option<&std::path::Path> {
+        self.cgroup2.as_deref()
+    }
+
     /// The process `pid` as /proc shows it now, thread `tid`. Whatever cannot
     /// be read (the process is gone, or a zombie) is left empty.
     pub fn process(&self, pid: u32, tid: u32) -> Process {
