@@ -220,32 +220,9 @@ fn without_capabilities_core_bpf_fails_naming_them() {
     );
 }
 
-/// Runs `auspex run ARGS` with the kernel's BTF hidden by a tmpfs in a
-/// private mount namespace.
-fn run_without_kernel_btf(args: &[&str]) -> (i32, String) {
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --listen off \"$@\"";
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            AUSPEX,
-        ])
-        .args(args);
-    run_failing(&mut command)
-}
-
-const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vmlinux is missing: \
-                             the kernel was built without CONFIG_DEBUG_INFO_BTF";
-
-#[test]
-fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
-    // auto: core_bpf is skipped with the reason, and the next method runs.
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
+/// `sh -c SCRIPT AUSPEX` in a private mount namespace: what the script
+/// mounts or unmounts there hides things from the agent only.
+fn in_private_mount_namespace(script: &str) -> Command {
     let mut command = Command::new("unshare");
     command.args([
         "--mount",
@@ -256,6 +233,24 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
         script,
         AUSPEX,
     ]);
+    command
+}
+
+/// Runs `auspex run ARGS` with the kernel's BTF hidden by a tmpfs in a
+/// private mount namespace.
+fn run_without_kernel_btf(args: &[&str]) -> (i32, String) {
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --listen off \"$@\"";
+    run_failing(in_private_mount_namespace(script).args(args))
+}
+
+const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vmlinux is missing: \
+                             the kernel was built without CONFIG_DEBUG_INFO_BTF";
+
+#[test]
+fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
+    // auto: core_bpf is skipped with the reason, and the next method runs.
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
+    let command = in_private_mount_namespace(script);
     let agent = Agent::launch(command, &["--scan-interval", "0.5"]);
     let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
     assert_eq!(s["method"], "ebpf", "{s:#}");
@@ -548,16 +543,7 @@ fn without_cgroup_v2_udp_is_degraded_and_the_rest_runs() {
     // A private mount namespace where no cgroup2 hierarchy is mounted.
     let script = "for m in $(awk '$9 == \"cgroup2\" {print $5}' /proc/self/mountinfo); do \
                   umount -l \"$m\"; done; exec \"$0\" run \"$@\"";
-    let mut command = Command::new("unshare");
-    command.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        AUSPEX,
-    ]);
+    let command = in_private_mount_namespace(script);
     let agent = Agent::launch(command, &[]);
     let (code, _) = agent.http_get("/ready");
     assert_eq!(code, 200);
