@@ -274,6 +274,17 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     assert_eq!(exec["process"]["exe"], "/bin/sh", "{exec}");
     assert_eq!(exec["process"]["args"][3], "no-btf", "{exec}");
     assert_eq!(agent.event("process_exit", child.id())["exit_code"], 6);
+    // And TCP connections, with their owner.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop((client, server, listener));
+    let me = std::process::id();
+    let open = agent.event_where("connection_open", me, |e| {
+        e["role"] == "client" && e["remote"]["port"] == port
+    });
+    assert_eq!(open["protocol"], "tcp", "{open}");
     assert_eq!(s["features"]["kernel_btf"]["ok"], false, "{s:#}");
     // The startup diagnostics name each attempt, its outcome and the BTF source.
     let log = agent.stderr_text();
