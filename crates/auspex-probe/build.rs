@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROBES: &[&str] = &["process", "network", "features", "legacy"];
+const PROBES: &[&str] = &["process", "network", "features", "legacy", "legacy_btf"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -38,6 +38,8 @@ fn main() {
     for header in [
         "bpf/counters.h",
         "bpf/events.h",
+        "bpf/exec.h",
+        "bpf/perf_output.h",
         "bpf/output.h",
         "bpf/owners.h",
         "bpf/scratch.h",

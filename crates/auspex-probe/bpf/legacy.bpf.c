@@ -18,6 +18,7 @@
 #include "counters.h"
 #include "owners.h"
 #include "scratch.h"
+#include "perf_output.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -25,11 +26,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_TCP 6
 #define CLONE_THREAD 0x00010000
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-} perf_events SEC(".maps");
 
 
 
@@ -95,11 +91,6 @@ struct tp_inet_sock_set_state {
 };
 
 
-static __always_inline void emit(void *ctx, void *record, __u32 size, __u32 counter)
-{
-	if (bpf_perf_event_output(ctx, &perf_events, BPF_F_CURRENT_CPU, record, size))
-		count(counter);
-}
 
 /* The current task, as far as helpers tell (no parent). */
 static __always_inline void current_task(struct task_info *info)

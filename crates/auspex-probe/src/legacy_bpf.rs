@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::path::Path;
+
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use crate::error::{explain, ProbeError};
 use crate::inbox::Inbox;
 use crate::perf_reader::BatchedPerf;
 use crate::skel::legacy::{LegacySkel, LegacySkelBuilder};
+use crate::skel::legacy_btf::{LegacyBtfSkel, LegacyBtfSkelBuilder};
 use crate::skel::types::auspex_counter as Counter;
-use crate::{features, libbpf_log, privileges};
+use crate::{btf, features, libbpf_log, privileges};
 
 /// Pages of perf buffer per CPU (a power of two).
 const PERF_PAGES: usize = 256;
@@ -34,16 +36,33 @@ pub struct LegacyBpf {
     perf: BatchedPerf,
     inbox: Rc<RefCell<Inbox>>,
     links: Vec<Link>,
+    /// The CO-RE programs, when some BTF was at hand; they use `skel`'s maps.
+    _btf_skel: Option<LegacyBtfSkel<'static>>,
     skel: LegacySkel<'static>,
     degraded: Vec<Degraded>,
 }
 
 impl LegacyBpf {
-    pub fn load() -> Result<Self, ProbeError> {
-        crate::core_bpf::retry_interrupted(Self::load_once)
+    /// Loads with CO-RE reads when some BTF is at hand (the kernel's, or
+    /// `btf_file`), and without when there is none or it does not fit.
+    pub fn load(btf_file: Option<&Path>) -> Result<Self, ProbeError> {
+        crate::core_bpf::retry_interrupted(|| {
+            let usable = btf_file.is_none_or(|f| btf::check_btf_file(f).is_ok());
+            if usable && (btf_file.is_some() || btf::kernel_btf_present()) {
+                match Self::load_once(Some(btf_file)) {
+                    Err(e @ ProbeError::Interrupted { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!("the ebpf method runs without CO-RE reads: {e}");
+                    }
+                    ok => return ok,
+                }
+            }
+            Self::load_once(None)
+        })
     }
 
-    fn load_once() -> Result<Self, ProbeError> {
+    /// `core`: Some(BTF file or the kernel's) to add the CO-RE programs.
+    fn load_once(core: Option<Option<&Path>>) -> Result<Self, ProbeError> {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         features::require_bpf()?;
@@ -60,26 +79,45 @@ impl LegacyBpf {
         // See CoreBpf::load on why the storage is leaked.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = LegacySkelBuilder::default()
+        let mut open = LegacySkelBuilder::default()
             .open(storage)
             .map_err(load_error())?;
+        if core.is_some() {
+            // Their CO-RE twins replace them.
+            open.progs.legacy_exec.set_autoload(false);
+            open.progs.legacy_exit.set_autoload(false);
+            open.progs.legacy_exit_group.set_autoload(false);
+        }
         let skel = open.load().map_err(load_error())?;
-        let p = &skel.progs;
-        let links = [
-            ("legacy_exec", &p.legacy_exec),
-            ("legacy_fork", &p.legacy_fork),
-            ("legacy_exit", &p.legacy_exit),
-            ("legacy_exit_group", &p.legacy_exit_group),
-            ("legacy_tcp_state", &p.legacy_tcp_state),
-        ]
-        .into_iter()
-        .map(|(program, prog)| {
-            prog.attach().map_err(|e| ProbeError::Attach {
-                program,
-                reason: explain(&e),
+        let btf_skel = match core {
+            Some(btf_file) => Some(Self::load_core(&skel, btf_file)?),
+            None => None,
+        };
+
+        let mut programs = vec![
+            ("legacy_fork", &skel.progs.legacy_fork),
+            ("legacy_tcp_state", &skel.progs.legacy_tcp_state),
+        ];
+        match &btf_skel {
+            Some(b) => {
+                programs.push(("legacy_exec_btf", &b.progs.legacy_exec_btf));
+                programs.push(("legacy_exit_btf", &b.progs.legacy_exit_btf));
+            }
+            None => {
+                programs.push(("legacy_exec", &skel.progs.legacy_exec));
+                programs.push(("legacy_exit", &skel.progs.legacy_exit));
+                programs.push(("legacy_exit_group", &skel.progs.legacy_exit_group));
+            }
+        }
+        let links = programs
+            .into_iter()
+            .map(|(program, prog)| {
+                prog.attach().map_err(|e| ProbeError::Attach {
+                    program,
+                    reason: explain(&e),
+                })
             })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
 
         let inbox = Rc::new(RefCell::new(Inbox::new(Decoder::new(Context::new(
             BootClock::now(),
@@ -99,17 +137,56 @@ impl LegacyBpf {
                 reason: format!("opening the perf buffer failed: {e}"),
             })?
         };
-        let degraded = vec![Degraded {
+        let mut degraded = vec![Degraded {
             feature: "udp",
             reason: "the ebpf method does not report UDP yet".into(),
         }];
+        if btf_skel.is_none() {
+            degraded.push(Degraded {
+                feature: "core_reads",
+                reason: "no usable BTF: exec paths are as given to execve, arguments and \
+                         parents come from /proc, exit codes from the exit_group syscall \
+                         tracepoint, signals are unknown"
+                    .into(),
+            });
+        }
         Ok(LegacyBpf {
             perf,
             inbox,
             links,
+            _btf_skel: btf_skel,
             skel,
             degraded,
         })
+    }
+
+    /// Opens and loads the CO-RE programs on the legacy object's maps.
+    fn load_core(
+        skel: &LegacySkel<'static>,
+        btf_file: Option<&Path>,
+    ) -> Result<LegacyBtfSkel<'static>, ProbeError> {
+        let load_error = || crate::core_bpf::load_error("legacy (CO-RE)");
+        let mut builder = LegacyBtfSkelBuilder::default();
+        if let Some(path) = btf_file {
+            builder
+                .obj_builder
+                .btf_custom_path(path)
+                .map_err(load_error())?;
+        }
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = builder.open(storage).map_err(load_error())?;
+        let maps = &mut open.maps;
+        maps.perf_events
+            .reuse_fd(skel.maps.perf_events.as_fd())
+            .map_err(load_error())?;
+        maps.counters
+            .reuse_fd(skel.maps.counters.as_fd())
+            .map_err(load_error())?;
+        maps.scratch
+            .reuse_fd(skel.maps.scratch.as_fd())
+            .map_err(load_error())?;
+        open.load().map_err(load_error())
     }
 
     /// Waits up to `timeout` for a batch of samples, then hands each decoded

@@ -14,6 +14,10 @@ pub mod legacy {
     include!(concat!(env!("OUT_DIR"), "/legacy.skel.rs"));
 }
 
+pub mod legacy_btf {
+    include!(concat!(env!("OUT_DIR"), "/legacy_btf.skel.rs"));
+}
+
 pub mod features {
     include!(concat!(env!("OUT_DIR"), "/features.skel.rs"));
 }

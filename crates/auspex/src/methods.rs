@@ -120,8 +120,8 @@ impl Method for EbpfMethod {
         (!missing.is_empty()).then(|| missing.join("; "))
     }
 
-    fn start(&self, _: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
-        Ok(Box::new(LegacyBpf::load()?))
+    fn start(&self, config: &MethodConfig) -> anyhow::Result<Box<dyn Collector>> {
+        Ok(Box::new(LegacyBpf::load(config.btf_file.as_deref())?))
     }
 }
 

@@ -263,6 +263,15 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     );
     assert_eq!(s["attempts"][1]["method"], "ebpf", "{s:#}");
     assert_eq!(s["attempts"][1]["outcome"], "active", "{s:#}");
+    // Without any BTF, it runs without its CO-RE reads, and says so.
+    assert!(
+        s["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["feature"] == "core_reads"),
+        "{s:#}"
+    );
     // Without BTF, the legacy probe still sees processes: an exec with its
     // arguments (read from /proc) and its exit code.
     let mut child = Command::new("/bin/sh")
@@ -294,6 +303,42 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     );
     assert!(log.contains("core_bpf: skipped after "), "{log}");
     assert!(log.contains("ebpf: active after "), "{log}");
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn without_kernel_btf_a_btf_file_gives_ebpf_its_core_reads() {
+    // A BTFHub-style file for a kernel that lacks BTF: here, a copy of this
+    // kernel's, with the original hidden.
+    let dir = tempfile::tempdir().unwrap();
+    let btf = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
+    let agent = Agent::launch(
+        in_private_mount_namespace(script),
+        &["--method", "ebpf", "--btf", btf.to_str().unwrap()],
+    );
+    let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
+    assert_eq!(s["method"], "ebpf", "{s:#}");
+    assert!(
+        !s["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["feature"] == "core_reads"),
+        "{s:#}"
+    );
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "exit 4", "with-btf-file"])
+        .spawn()
+        .unwrap();
+    child.wait().unwrap();
+    let exec = agent.event("process_exec", child.id());
+    // Resolved by the kernel-side walk, not as given to execve.
+    assert_eq!(exec["process"]["exe"], canonical("/bin/sh"), "{exec}");
+    assert_eq!(exec["process"]["args"][3], "with-btf-file", "{exec}");
+    assert_eq!(agent.event("process_exit", child.id())["exit_code"], 4);
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
 }
@@ -517,7 +562,7 @@ fn without_ring_buffers_auto_takes_the_perf_buffer_path() {
     let mut child = Command::new("/bin/true").arg("perf-path").spawn().unwrap();
     child.wait().unwrap();
     let exec = agent.event("process_exec", child.id());
-    assert_eq!(exec["process"]["exe"], "/bin/true", "{exec}");
+    assert_eq!(exec["process"]["exe"], canonical("/bin/true"), "{exec}");
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
 }

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/* Building an exec record with CO-RE reads, for every probe that has BTF. */
+#ifndef AUSPEX_EXEC_H
+#define AUSPEX_EXEC_H
+
+#include "events.h"
+
+/*
+ * Writes the executable's path as components leaf first (see events.h),
+ * walking dentries and crossing mount points up to the root of the mount
+ * namespace, so the path is absolute and resolved (symlinks followed), as
+ * /proc/<pid>/exe shows it, whatever the caller passed to execve.
+ * bpf_d_path() would be simpler but is not allowed in tp_btf programs.
+ */
+static __always_inline __u32 read_exe_path(struct file *file, __u8 *buf, __u32 *flags)
+{
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	__u64 mnt_offset = bpf_core_field_offset(struct mount, mnt);
+	struct mount *mnt = (void *)vfsmnt - mnt_offset;
+	__u32 off = 0;
+
+	for (int i = 0; i < AUSPEX_PATH_COMPONENTS; i++) {
+		struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+		if (dentry == mnt_root || dentry == parent) {
+			struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+
+			/* A dentry that is its own parent but not a mount root is
+			 * detached; the root of a mount without a parent is the
+			 * namespace root. Either way the path is complete. */
+			if (dentry != mnt_root || mnt_parent == mnt)
+				return off;
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			vfsmnt = (void *)mnt + mnt_offset;
+			continue;
+		}
+		if (off > AUSPEX_PATH_MAX - AUSPEX_NAME_MAX)
+			break;
+		const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+		long n = bpf_probe_read_kernel_str(&buf[off & (AUSPEX_PATH_MAX - 1)], AUSPEX_NAME_MAX,
+						   name);
+		if (n <= 0)
+			break;
+		off += n;
+		dentry = parent;
+	}
+	*flags |= AUSPEX_EXEC_EXE_TRUNCATED;
+	return off;
+}
+
+/* Copies the argv area of the new image in one read: at sched_process_exec
+ * the new mm is installed and its argument pages were just written by the
+ * kernel, so they are present. */
+static __always_inline __u32 read_args(struct task_struct *task, __u8 *buf, __u32 *flags)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long start = BPF_CORE_READ(mm, arg_start);
+	unsigned long len = BPF_CORE_READ(mm, arg_end) - start;
+
+	if (len > AUSPEX_ARGS_MAX) {
+		len = AUSPEX_ARGS_MAX;
+		*flags |= AUSPEX_EXEC_ARGS_TRUNCATED;
+	}
+	if (bpf_probe_read_user(buf, len, (void *)start)) {
+		*flags |= AUSPEX_EXEC_ARGS_UNREADABLE;
+		return 0;
+	}
+	return len;
+}
+
+/* Fills an exec record's body (path, then arguments) from `task`, which
+ * has just exec'd `file`; returns the record's size. */
+static __always_inline __u32 fill_exec(struct exec_event *e, struct task_struct *task,
+				       struct file *file, __u32 argc)
+{
+	e->argc = argc;
+	e->flags = 0;
+	e->_pad = 0;
+
+	__u32 exe_len = read_exe_path(file, e->data, &e->flags);
+	if (exe_len > AUSPEX_PATH_MAX)
+		exe_len = AUSPEX_PATH_MAX;
+	__u32 args_len = read_args(task, &e->data[exe_len & (AUSPEX_PATH_MAX - 1)], &e->flags);
+	if (args_len > AUSPEX_ARGS_MAX)
+		args_len = AUSPEX_ARGS_MAX;
+	e->exe_len = exe_len;
+	e->args_len = args_len;
+	return offsetof(struct exec_event, data) + exe_len + args_len;
+}
+
+#endif /* AUSPEX_EXEC_H */

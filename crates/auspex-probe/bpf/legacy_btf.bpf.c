@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * The legacy (ebpf) method's programs for when some BTF exists (the
+ * kernel's, or a --btf file): the same classic tracepoints as legacy.bpf.c,
+ * but reading the current task with CO-RE, so exec events carry the
+ * resolved executable, the arguments and the parent, and exits their exact
+ * status without the exit_group syscall tracepoint. A separate object:
+ * libbpf refuses any object with CO-RE relocations when no BTF is at hand.
+ * It shares the legacy object's maps (userspace passes their fds).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "events.h"
+#include "counters.h"
+#include "scratch.h"
+#include "perf_output.h"
+#include "task.h"
+#include "exec.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("tracepoint/sched/sched_process_exec")
+int legacy_exec_btf(void *ctx)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__u32 zero = 0;
+	struct exec_event *e = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!e)
+		return 0;
+	/* The new image is current's: its mm, its executable file. */
+	__u32 size = fill_exec(e, task, BPF_CORE_READ(task, mm, exe_file), 0);
+
+	if (size > sizeof(*e))
+		return 0;
+	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size);
+	emit(ctx, e, size, AUSPEX_DROP_RINGBUF_EXEC);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int legacy_exit_btf(void *ctx)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	/* Only the group's last thread sees signal->live at zero (see
+	 * process.bpf.c). */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	struct exit_event e = {};
+
+	fill_header(&e.hdr, task, AUSPEX_EVENT_EXIT, sizeof(e));
+	e.exit_status = BPF_CORE_READ(task, exit_code);
+	emit(ctx, &e, sizeof(e), AUSPEX_DROP_RINGBUF_EXIT);
+	return 0;
+}
