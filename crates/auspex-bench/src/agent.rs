@@ -24,14 +24,27 @@ pub struct Cost {
 impl Agent {
     /// Starts `auspex run --method METHOD` writing to `output`, and waits
     /// until its self-check passed.
+    /// `ebpf-nobtf` is the ebpf method with the kernel's BTF hidden (a
+    /// private mount namespace), as on a kernel built without it.
     pub fn start(binary: &Path, method: &str, output: &Path) -> anyhow::Result<Agent> {
-        let mut child = Command::new(binary)
+        let mut command = match method.strip_suffix("-nobtf") {
+            Some(_) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" \"$@\"")
+                    .arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let method_arg = method.strip_suffix("-nobtf").unwrap_or(method);
+        let mut child = command
             .args([
                 "run",
                 "--listen",
                 "off",
                 "--method",
-                method,
+                method_arg,
                 "--scan-interval",
                 "1",
             ])

@@ -79,13 +79,17 @@ struct OverheadArgs {
     /// How long each run of a workload lasts.
     #[arg(long, default_value = "0.5")]
     seconds: f64,
-    #[arg(long, value_delimiter = ',', default_value = "core_bpf,ebpf,proc")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "core_bpf,ebpf,ebpf-nobtf,proc"
+    )]
     methods: Vec<String>,
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
 }
 
-const METHODS: [&str; 3] = ["core_bpf", "ebpf", "proc"];
+const METHODS: [&str; 4] = ["core_bpf", "ebpf", "ebpf-nobtf", "proc"];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -432,7 +436,9 @@ fn main() -> anyhow::Result<()> {
                  (after `cargo build --release`), as root, on: {}.\n\n\
                  Everything here is a ratio or a count from one run: workloads alternate \
                  without and with the agent (medians of {reps} runs each, pinned to CPU 0); \
-                 counts are exact numbers of operations against what the agent reported.\n\n\
+                 counts are exact numbers of operations against what the agent reported. \
+                 `ebpf-nobtf` is the ebpf method with the kernel's BTF hidden, as on a kernel \
+                 built without it.\n\n\
                  Targets for `core_bpf` (set in the project's benchmark issue): `getppid` ≥ \
                  0.99×; ≤ 5 µs added per fork+exec+exit; ≤ 1 µs in kernel per TCP connection; \
                  UDP ≥ 0.95× with UDP flows reported; 100 % completeness with zero drops; ≥ 1 M \
