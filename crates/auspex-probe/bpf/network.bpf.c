@@ -148,10 +148,12 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
-/* The calling task; only meaningful in process context. */
+/* The calling task; only meaningful in process context. Not
+ * bpf_get_current_task_btf(): it arrived in 5.11, and fill_task reads
+ * through BPF_CORE_READ anyway. */
 static __always_inline void current_task(struct task_info *info)
 {
-	fill_task(info, bpf_get_current_task_btf());
+	fill_task(info, (struct task_struct *)bpf_get_current_task());
 }
 
 static __always_inline struct listener_key listener_of(struct sock *sk)

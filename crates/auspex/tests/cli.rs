@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{auspex_run, canonical, error_line, run_failing, Agent, AUSPEX, DEADLINE};
+use common::{auspex_run, canonical, deadline, error_line, run_failing, Agent, AUSPEX};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -711,7 +711,7 @@ fn stdout_reader_going_away_ends_the_run_quietly() {
     });
     let start = Instant::now();
     while !reader.is_finished() {
-        assert!(start.elapsed() < DEADLINE, "the agent wrote nothing");
+        assert!(start.elapsed() < deadline(), "the agent wrote nothing");
         Command::new("/bin/true").status().unwrap();
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -721,7 +721,7 @@ fn stdout_reader_going_away_ends_the_run_quietly() {
     let start = Instant::now();
     while agent.try_wait().unwrap().is_none() {
         assert!(
-            start.elapsed() < DEADLINE,
+            start.elapsed() < deadline(),
             "the agent kept running with no reader"
         );
         Command::new("/bin/true").status().unwrap();

@@ -13,7 +13,16 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const AUSPEX: &str = env!("CARGO_BIN_EXE_auspex");
-pub const DEADLINE: Duration = Duration::from_secs(15);
+/// How long a test waits for what it expects: 15 s, times
+/// `AUSPEX_TEST_TIME_SCALE` (the kernel matrix sets it: emulated guests run
+/// many times slower).
+pub fn deadline() -> Duration {
+    let scale = std::env::var("AUSPEX_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(15) * scale
+}
 
 /// A running `auspex run --output FILE`, with its stderr collected.
 pub struct Agent {
@@ -104,7 +113,7 @@ impl Agent {
         let start = Instant::now();
         while !done(self) {
             assert!(
-                start.elapsed() < DEADLINE,
+                start.elapsed() < deadline(),
                 "timed out waiting until {what}.\nagent stderr:\n{}",
                 self.stderr_text()
             );
@@ -149,7 +158,7 @@ impl Agent {
             if let Some(e) = events.iter().find(|e| matches(e)) {
                 return e.clone();
             }
-            if start.elapsed() > DEADLINE {
+            if start.elapsed() > deadline() {
                 let related: Vec<String> = events
                     .iter()
                     .filter(|e| related(e))

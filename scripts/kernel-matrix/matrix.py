@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""The kernel matrix: boots real kernels under qemu and runs Auspex in each.
+
+  matrix.py run [LABEL...]        every kernel (default) or the ones named:
+                                  `auspex check --json`, then the live tests
+                                  of tests/any_kernel.rs with `--method auto`,
+                                  expecting core_bpf (ebpf on 5.10-nobtf)
+  matrix.py boot LABEL [COMMAND]  one kernel by hand: runs COMMAND (default
+                                  `auspex check`) in the repository, as root
+  matrix.py fetch [LABEL...]      only fetch and build the kernels
+
+Kernels are cached in $AUSPEX_KERNEL_CACHE (default ~/.cache/auspex/kernels);
+results go to target/kernel-matrix/<label>/ (console.log, check.json,
+status.json). Labels: 5.10 6.1 6.12 newest 5.10-nobtf.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import kernels  # noqa: E402
+import vm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "target/kernel-matrix"
+# Emulated guests run many times slower: the tests' deadlines and the
+# agent's canary timeout are scaled by this.
+TIME_SCALE = 8
+
+
+def expected_method(label):
+    return "ebpf" if label == kernels.NOBTF else "core_bpf"
+
+
+def prepare(labels):
+    """Fetches the Debian kernels while the BTF-less one builds. Returns
+    {label: kernel dir or the exception that stopped it}."""
+    out = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        build = pool.submit(kernels.build_nobtf) if kernels.NOBTF in labels else None
+        for label in labels:
+            if label != kernels.NOBTF:
+                try:
+                    out[label] = kernels.fetch_debian(label)
+                except Exception as e:  # noqa: BLE001 (reported per kernel)
+                    out[label] = e
+        if build:
+            try:
+                out[kernels.NOBTF] = build.result()
+            except Exception as e:  # noqa: BLE001
+                out[kernels.NOBTF] = e
+    return out
+
+
+def host_binaries():
+    """Builds the agent and the test binary the guests run (the host's
+    debug build, shared with the guest through its root)."""
+    subprocess.run(["cargo", "build", "--locked", "-q", "-p", "auspex"], cwd=REPO, check=True)
+    out = subprocess.run(
+        ["cargo", "test", "--locked", "-q", "-p", "auspex", "--test", "any_kernel",
+         "--no-run", "--message-format=json"],
+        cwd=REPO, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "any_kernel":
+            return REPO / "target/debug/auspex", Path(msg["executable"])
+    raise RuntimeError("cargo did not report the any_kernel test binary")
+
+
+def guest_script(label, agent: Path, tests: Path):
+    return f"""set -u
+cd {REPO}
+echo "kernel-matrix: guest {label}: $(uname -r)"
+{agent} check --json > /run/km/check.json
+echo "kernel-matrix: auspex check exited $?"
+AUSPEX_EXPECT_METHOD={expected_method(label)} AUSPEX_TEST_TIME_SCALE={TIME_SCALE} \\
+AUSPEX_TEST_STATUS_FILE=/run/km/status.json {tests} --test-threads=1
+"""
+
+
+def run_kernel(label, kernel, agent, tests, timeout):
+    results = RESULTS / label
+    for f in ("check.json", "status.json", "console.log"):
+        (results / f).unlink(missing_ok=True)
+    row = {"kernel": label, "expected": expected_method(label), "release": "",
+           "btf": "?", "ring_buffer": "?", "method": "-", "degraded": [],
+           "result": "failed", "seconds": 0.0, "why": ""}
+    if isinstance(kernel, Exception):
+        row["why"] = f"kernel not available: {kernel}"
+        return row, ""
+    row["release"] = (kernel / "release").read_text().strip()
+    boot = vm.boot(kernel, guest_script(label, agent, tests), results, timeout)
+    (results / "console.log").write_text(boot.console)
+    row["seconds"] = boot.seconds
+    check = read_json(results / "check.json")
+    if check:
+        row["btf"] = "yes" if check["features"]["kernel_btf"]["ok"] else "no"
+        row["ring_buffer"] = "yes" if check["features"]["ring_buffer"]["ok"] else "no"
+    status = read_json(results / "status.json")
+    if status:
+        row["method"] = status.get("method") or "-"
+        row["degraded"] = [d["feature"] for d in status.get("degraded", [])]
+    if boot.status == 0:
+        row["result"] = "passed"
+    else:
+        row["why"] = "guest did not finish" if boot.status is None else f"tests exited {boot.status}"
+    return row, boot.console
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def table(rows):
+    head = ["kernel", "release", "BTF", "ring buffer", "expected", "chosen", "degraded",
+            "result", "time"]
+    lines = [head, ["---"] * len(head)]
+    for r in rows:
+        lines.append([r["kernel"], r["release"], r["btf"], r["ring_buffer"], r["expected"],
+                      r["method"], ", ".join(r["degraded"]) or "none",
+                      r["result"] + (f" ({r['why']})" if r["why"] else ""),
+                      f"{r['seconds']:.0f} s"])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def cmd_run(args):
+    start = time.monotonic()
+    labels = args.labels or kernels.LABELS
+    agent, tests = host_binaries()
+    prepared = prepare(labels)
+    kernels.log(f"kernels ready after {time.monotonic() - start:.0f} s; booting {len(labels)}")
+    rows = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_kernel, label, prepared[label], agent, tests, args.timeout):
+                   label for label in labels}
+        for f in concurrent.futures.as_completed(futures):
+            label = futures[f]
+            row, console = f.result()
+            rows[label] = row
+            kernels.log(f"{label}: {row['result']} in {row['seconds']:.0f} s")
+            if row["result"] != "passed":
+                print(f"---- guest output of {label} ({row['why']}) ----\n{console}\n"
+                      f"---- end of {label} ----", flush=True)
+    ordered = [rows[label] for label in labels]
+    report = table(ordered)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "matrix.md").write_text(report + "\n")
+    (RESULTS / "matrix.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    passed = sum(r["result"] == "passed" for r in ordered)
+    print(report)
+    print(f"kernel matrix: {passed} passed, {len(ordered) - passed} failed "
+          f"({time.monotonic() - start:.0f} s)")
+    return 0 if passed == len(ordered) else 1
+
+
+def cmd_boot(args):
+    kernel = prepare([args.label])[args.label]
+    if isinstance(kernel, Exception):
+        raise kernel
+    agent = REPO / "target/debug/auspex"
+    command = args.command or f"{agent} check"
+    boot = vm.boot(kernel, f"cd {REPO}\n{command}\n", RESULTS / args.label, args.timeout)
+    print(boot.console, end="")
+    kernels.log(f"{args.label}: exit status {boot.status} after {boot.seconds:.0f} s")
+    return 1 if boot.status is None else boot.status
+
+
+def cmd_fetch(args):
+    failed = [label for label, k in prepare(args.labels or kernels.LABELS).items()
+              if isinstance(k, Exception) and not kernels.log(f"{label}: {k}")]
+    return 1 if failed else 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds one guest may run (default 900)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
+    run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                     help="guests at once (each takes one core)")
+    boot = sub.add_parser("boot")
+    boot.add_argument("label", choices=kernels.LABELS)
+    boot.add_argument("command", nargs="?")
+    fetch = sub.add_parser("fetch")
+    fetch.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("kernel-matrix: run as root (qemu shares / with the guest as root)")
+    return {"run": cmd_run, "boot": cmd_boot, "fetch": cmd_fetch}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
