@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets the machine up and runs every test: unit tests, and live tests that
 # load the probes into this kernel (root needed). Then checks formatting and
-# lints, and that no BPF object was left pinned.
+# lints, that no BPF object was left pinned, and the kernel matrix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,4 +25,11 @@ fi
 
 sum() { sed -nE "s/^test result: .* ([0-9]+) $1;.*/\1/p" "$log" | awk '{s += $1} END {print s + 0}'; }
 echo "tests: $(sum passed) passed, $(sum failed) failed"
+
+# The same probe on other kernels: Debian's 5.10 to newest and one built
+# without BTF, each booted under qemu (docs/kernel-matrix.md).
+# AUSPEX_KERNEL_MATRIX=off skips it for a quick local run; CI never does.
+if [ "${AUSPEX_KERNEL_MATRIX:-on}" != off ]; then
+    scripts/kernel-matrix/matrix.py run || status=1
+fi
 exit "$status"

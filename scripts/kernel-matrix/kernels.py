@@ -238,15 +238,23 @@ def build_nobtf() -> Path:
     run(["tar", "-xf", str(tarball), "-C", str(build)])
     src = build / "linux-source-5.10"
     jobs = str(os.cpu_count() or 2)
-    quiet = {"stdout": subprocess.DEVNULL}
-    run(["make", "-C", str(src), "tinyconfig"], **quiet)
+    build_log = build / "build.log"
+
+    def make_step(cmd):
+        # Compiler warnings are noise here; the log is shown if a step fails.
+        with build_log.open("a") as out:
+            if subprocess.run(cmd, cwd=src, stdout=out, stderr=subprocess.STDOUT).returncode:
+                tail = build_log.read_text().splitlines()[-60:]
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n" + "\n".join(tail))
+
+    make_step(["make", "tinyconfig"])
     # merge_config.sh applies our options and drops what Kconfig refuses.
-    run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(src),
-         str(src / ".config"), str(config)], cwd=src, **quiet)
-    run(["make", "-C", str(src), "olddefconfig"], **quiet)
+    make_step([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(src),
+               str(src / ".config"), str(config)])
+    make_step(["make", "olddefconfig"])
     check_config(src / ".config", config)
     log(f"{NOBTF}: compiling with {jobs} jobs")
-    run(["make", "-C", str(src), f"-j{jobs}", "vmlinux"], **quiet)
+    make_step(["make", f"-j{jobs}", "vmlinux"])
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     shutil.copy(src / "vmlinux", out / "vmlinux")

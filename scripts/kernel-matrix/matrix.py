@@ -90,7 +90,7 @@ def run_kernel(label, kernel, agent, tests, timeout):
     for f in ("check.json", "status.json", "console.log"):
         (results / f).unlink(missing_ok=True)
     row = {"kernel": label, "expected": expected_method(label), "release": "",
-           "btf": "?", "ring_buffer": "?", "method": "-", "degraded": [],
+           "btf": "?", "ring_buffer": "?", "lacks": [], "method": "-", "degraded": [],
            "result": "failed", "seconds": 0.0, "why": ""}
     if isinstance(kernel, Exception):
         row["why"] = f"kernel not available: {kernel}"
@@ -103,6 +103,8 @@ def run_kernel(label, kernel, agent, tests, timeout):
     if check:
         row["btf"] = "yes" if check["features"]["kernel_btf"]["ok"] else "no"
         row["ring_buffer"] = "yes" if check["features"]["ring_buffer"]["ok"] else "no"
+        row["lacks"] = [name for name, probe in check["features"].items()
+                        if isinstance(probe, dict) and probe.get("ok") is False]
     status = read_json(results / "status.json")
     if status:
         row["method"] = status.get("method") or "-"
@@ -122,11 +124,12 @@ def read_json(path: Path):
 
 
 def table(rows):
-    head = ["kernel", "release", "BTF", "ring buffer", "expected", "chosen", "degraded",
-            "result", "time"]
+    head = ["kernel", "release", "BTF", "ring buffer", "feature probes failed", "expected",
+            "chosen", "degraded", "result", "time"]
     lines = [head, ["---"] * len(head)]
     for r in rows:
-        lines.append([r["kernel"], r["release"], r["btf"], r["ring_buffer"], r["expected"],
+        lines.append([r["kernel"], r["release"], r["btf"], r["ring_buffer"],
+                      ", ".join(r["lacks"]) or "none", r["expected"],
                       r["method"], ", ".join(r["degraded"]) or "none",
                       r["result"] + (f" ({r['why']})" if r["why"] else ""),
                       f"{r['seconds']:.0f} s"])

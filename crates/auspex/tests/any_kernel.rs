@@ -2,8 +2,10 @@
 //! it boots, and what runs here on the host too: `auto` must choose the
 //! method `AUSPEX_EXPECT_METHOD` names (`core_bpf` when unset), and that
 //! method must report an exec with its arguments and exit code, and both
-//! ends of a TCP connection with their owner. With
-//! `AUSPEX_TEST_STATUS_FILE` set, the agent's `/status` is saved there.
+//! ends of a TCP connection with their owner. The `ebpf` and `proc` methods,
+//! named explicitly, must work on every kernel too. With
+//! `AUSPEX_TEST_STATUS_FILE` set, the agent's `/status` under `auto` is
+//! saved there.
 
 mod common;
 
@@ -18,24 +20,42 @@ fn expected_method() -> String {
     std::env::var("AUSPEX_EXPECT_METHOD").unwrap_or_else(|_| "core_bpf".to_string())
 }
 
+fn time_scale() -> u32 {
+    std::env::var("AUSPEX_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// `auspex run --method <method>` with the canary timeout scaled, and its
+/// `/status`, checked to name the method running.
+fn agent_with(method: &str, expected: &str) -> (Agent, Value) {
+    let canary = (5 * time_scale()).to_string();
+    let agent = Agent::start(&[
+        "--method",
+        method,
+        "--canary-timeout",
+        &canary,
+        "--scan-interval",
+        "0.5",
+    ]);
+    let body = agent.http_get("/status").1;
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["method"], expected, "{s:#}");
+    assert_eq!(s["method_requested"], method, "{s:#}");
+    assert_eq!(s["canary"]["passed"], true, "{s:#}");
+    (agent, s)
+}
+
 /// `auspex run --method auto`, checked to have chosen the expected method
 /// after skipping only methods that could not run here.
 fn auto_agent() -> (Agent, Value) {
-    let scale: u32 = std::env::var("AUSPEX_TEST_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let canary = (5 * scale).to_string();
-    let agent = Agent::start(&["--method", "auto", "--canary-timeout", &canary]);
-    let body = agent.http_get("/status").1;
+    let expected = expected_method();
+    let (agent, s) = agent_with("auto", &expected);
     // The kernel matrix's report: which method ran, what was degraded.
     if let Ok(path) = std::env::var("AUSPEX_TEST_STATUS_FILE") {
-        std::fs::write(path, &body).unwrap();
+        std::fs::write(path, s.to_string()).unwrap();
     }
-    let s: Value = serde_json::from_str(&body).unwrap();
-    let expected = expected_method();
-    assert_eq!(s["method"], expected.as_str(), "{s:#}");
-    assert_eq!(s["method_requested"], "auto", "{s:#}");
     let attempts = s["attempts"].as_array().unwrap();
     let (last, before) = attempts.split_last().unwrap();
     assert_eq!(last["method"], expected.as_str(), "{s:#}");
@@ -45,7 +65,6 @@ fn auto_agent() -> (Agent, Value) {
     for a in before {
         assert_eq!(a["outcome"], "skipped", "{s:#}");
     }
-    assert_eq!(s["canary"]["passed"], true, "{s:#}");
     (agent, s)
 }
 
@@ -57,9 +76,8 @@ fn has_degraded(status: &Value, feature: &str) -> bool {
         .any(|d| d["feature"] == feature)
 }
 
-#[test]
-fn auto_chooses_the_expected_method_and_sees_a_process() {
-    let (agent, status) = auto_agent();
+/// An exec with its exact arguments, its parent and uid, and its exit code.
+fn sees_a_process(agent: &Agent, status: &Value) {
     // The sleep keeps the process alive long enough for a method that reads
     // its details from /proc.
     let mut child = Command::new("/bin/sh")
@@ -72,7 +90,7 @@ fn auto_chooses_the_expected_method_and_sees_a_process() {
     let exec = agent.event("process_exec", pid);
     // Without any BTF the legacy probe cannot resolve the path in the
     // kernel and reports it as execve was given it.
-    let exe = if has_degraded(&status, "core_reads") {
+    let exe = if has_degraded(status, "core_reads") {
         "/bin/sh".to_string()
     } else {
         canonical("/bin/sh")
@@ -88,14 +106,11 @@ fn auto_chooses_the_expected_method_and_sees_a_process() {
 
     let exit = agent.event("process_exit", pid);
     assert_eq!(exit["exit_code"], 7, "{exit}");
-
-    let (code, stderr) = agent.stop(Signal::SIGTERM);
-    assert!(code.success(), "{code}: {stderr:?}");
 }
 
-#[test]
-fn auto_sees_both_ends_of_a_tcp_connection() {
-    let (agent, _) = auto_agent();
+/// Both ends of a loopback TCP connection, owned by this process, and the
+/// client's close.
+fn sees_both_ends_of_a_tcp_connection(agent: &Agent) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -109,7 +124,10 @@ fn auto_sees_both_ends_of_a_tcp_connection() {
         e["role"] == "client" && e["remote"]["port"] == port
     });
     assert_eq!(open["protocol"], "tcp", "{open}");
-    assert_eq!(open["local"], json!({"ip": "127.0.0.1", "port": client_port}));
+    assert_eq!(
+        open["local"],
+        json!({"ip": "127.0.0.1", "port": client_port})
+    );
     assert_eq!(open["remote"], json!({"ip": "127.0.0.1", "port": port}));
     assert_eq!(open["process"]["exe"], exe.as_str(), "{open}");
 
@@ -124,7 +142,42 @@ fn auto_sees_both_ends_of_a_tcp_connection() {
     agent.event_where("connection_close", me, |e| {
         e["role"] == "client" && e["remote"]["port"] == port
     });
+}
 
+fn stop(agent: Agent) {
     let (code, stderr) = agent.stop(Signal::SIGTERM);
     assert!(code.success(), "{code}: {stderr:?}");
+}
+
+#[test]
+fn auto_chooses_the_expected_method_and_sees_a_process() {
+    let (agent, status) = auto_agent();
+    sees_a_process(&agent, &status);
+    stop(agent);
+}
+
+#[test]
+fn auto_sees_both_ends_of_a_tcp_connection() {
+    let (agent, _) = auto_agent();
+    sees_both_ends_of_a_tcp_connection(&agent);
+    stop(agent);
+}
+
+/// The legacy method on every kernel, not only where `auto` falls back to
+/// it: with the kernel's BTF it runs its CO-RE reads.
+#[test]
+fn ebpf_sees_a_process_and_a_tcp_connection() {
+    let (agent, status) = agent_with("ebpf", "ebpf");
+    sees_a_process(&agent, &status);
+    sees_both_ends_of_a_tcp_connection(&agent);
+    stop(agent);
+}
+
+/// The last resort, with no BPF at all. Its scans see only connections that
+/// outlive them, so only processes here (tests/proc_method.rs has the rest).
+#[test]
+fn proc_sees_a_process() {
+    let (agent, status) = agent_with("proc", "proc");
+    sees_a_process(&agent, &status);
+    stop(agent);
 }
