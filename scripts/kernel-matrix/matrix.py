@@ -200,6 +200,8 @@ def main():
     fetch = sub.add_parser("fetch")
     fetch.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
     args = parser.parse_args()
+    # modinfo and friends live in sbin, which a CI shell's PATH may lack.
+    os.environ["PATH"] += ":/usr/local/sbin:/usr/sbin:/sbin"
     if os.geteuid() != 0:
         sys.exit("kernel-matrix: run as root (qemu shares / with the guest as root)")
     return {"run": cmd_run, "boot": cmd_boot, "fetch": cmd_fetch}[args.cmd](args)
