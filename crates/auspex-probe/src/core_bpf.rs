@@ -316,6 +316,24 @@ impl CoreBpf {
     }
 
     /// Features running without some of their parts.
+    /// Records the owners of TCP listeners that predate the probe (from a
+    /// scan of /proc), so the connections they accept are attributed.
+    /// Returns how many were recorded.
+    pub fn seed_listeners(
+        &self,
+        endpoints: &[auspex_events::Endpoint],
+    ) -> Result<usize, ProbeError> {
+        let key = |netns: u32, port: u16, family: u16| {
+            let key = crate::skel::network::types::listener_key {
+                netns,
+                port,
+                family,
+            };
+            crate::wire::bytes_of(&key).to_vec()
+        };
+        crate::listeners::seed(&self.network.maps.listeners, endpoints, key)
+    }
+
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
     }

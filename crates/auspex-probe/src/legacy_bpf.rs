@@ -234,6 +234,22 @@ impl LegacyBpf {
         })
     }
 
+    /// Records the owners of TCP listeners that predate the probe; see
+    /// `CoreBpf::seed_listeners`. This probe keys listeners by (family,
+    /// port) alone, as its TCP tracepoint does not give the network
+    /// namespace: the first seeded listener of a port in any namespace wins.
+    pub fn seed_listeners(
+        &self,
+        endpoints: &[auspex_events::Endpoint],
+    ) -> Result<usize, ProbeError> {
+        let key = |_netns: u32, port: u16, family: u16| {
+            ((u32::from(family) << 16) | u32::from(port))
+                .to_ne_bytes()
+                .to_vec()
+        };
+        crate::listeners::seed(&self.skel.maps.listeners, endpoints, key)
+    }
+
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
     }

@@ -14,6 +14,7 @@ pub mod features;
 mod inbox;
 mod legacy_bpf;
 mod libbpf_log;
+mod listeners;
 mod perf_reader;
 mod privileges;
 mod skel;

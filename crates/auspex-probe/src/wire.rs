@@ -18,6 +18,9 @@ unsafe impl Wire for types::exec_event {}
 unsafe impl Wire for types::fork_event {}
 unsafe impl Wire for types::exit_event {}
 unsafe impl Wire for types::sock_event {}
+unsafe impl Wire for types::task_info {}
+// Not in events.h: the key of network.bpf.c's listener map (u32, u16, u16).
+unsafe impl Wire for crate::skel::network::types::listener_key {}
 
 /// Reads a `T` from the start of `bytes`. When `bytes` is shorter than a `T`
 /// (a variable-length record), the missing tail reads as zeros; callers
@@ -33,8 +36,7 @@ pub(crate) fn read_prefix<T: Wire>(bytes: &[u8]) -> T {
     value
 }
 
-/// The bytes of a record, as a probe would send them.
-#[cfg(any(test, feature = "testing"))]
+/// The bytes of a record, as a probe would send them (or finds them in a map).
 pub(crate) fn bytes_of<T: Wire>(value: &T) -> &[u8] {
     // SAFETY: a `Wire` value has no padding, so all its bytes are initialised.
     unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }

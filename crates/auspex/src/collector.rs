@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use auspex_events::Event;
+use auspex_events::{Endpoint, Event};
 use auspex_probe::{CoreBpf, LegacyBpf, ProbeStats};
 use auspex_proc::ProcCollector;
 
@@ -23,6 +23,12 @@ pub trait Collector {
     /// Everything lost or incomplete so far, by cause (cumulative).
     fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>>;
     fn degraded(&self) -> Vec<Degraded>;
+    /// Tells the method who owns the listeners that existed before it ran
+    /// (from the startup scrape); returns how many it took. Only a method
+    /// that learns owners at listen() needs them.
+    fn seed_listeners(&mut self, _endpoints: &[Endpoint]) -> anyhow::Result<usize> {
+        Ok(0)
+    }
 }
 
 impl Collector for CoreBpf {
@@ -38,6 +44,10 @@ impl Collector for CoreBpf {
 
     fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         Ok(probe_drops(&self.stats()?))
+    }
+
+    fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
+        Ok(CoreBpf::seed_listeners(self, endpoints)?)
     }
 
     fn degraded(&self) -> Vec<Degraded> {
@@ -79,6 +89,10 @@ impl Collector for LegacyBpf {
 
     fn drops(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         Ok(probe_drops(&self.stats()?))
+    }
+
+    fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
+        Ok(LegacyBpf::seed_listeners(self, endpoints)?)
     }
 
     fn degraded(&self) -> Vec<Degraded> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use auspex_events::{Endpoint, EventKind};
 use auspex_probe::btf::KERNEL_BTF;
 use auspex_probe::features::{self, Check, FeatureReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -87,7 +88,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (method, mut collector) = agent.choose(args, &features)?;
     agent.log_diagnostics();
-    agent.scrape(method);
+    agent.scrape(method, collector.as_mut());
     for d in collector.degraded() {
         tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
     }
@@ -232,10 +233,23 @@ impl Agent {
     }
 
     /// Reports what existed before the method ran (its own canaries
-    /// excepted). The proc method's first scan reports sockets itself.
-    fn scrape(&mut self, method: &str) {
+    /// excepted), and hands the method the listeners' owners. The proc
+    /// method's first scan reports sockets itself.
+    fn scrape(&mut self, method: &str, collector: &mut dyn Collector) {
         let events = auspex_enrich::scrape::startup(method != "proc");
         let n = events.len();
+        let listeners: Vec<Endpoint> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::EndpointOpen(endpoint) => Some(endpoint.clone()),
+                _ => None,
+            })
+            .collect();
+        match collector.seed_listeners(&listeners) {
+            Ok(seeded) => tracing::debug!("{seeded} listeners that predate the probes seeded"),
+            // Their accepted connections lack an owner, as without seeding.
+            Err(e) => tracing::warn!("could not tell the probes about existing listeners: {e:#}"),
+        }
         for mut e in events {
             self.pipeline.enrich(&mut e);
             if !self.canaries.claim(&e, None) {

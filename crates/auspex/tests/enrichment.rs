@@ -89,7 +89,17 @@ fn a_process_moved_into_a_containerd_cgroup_gets_its_container_id() {
 }
 
 #[test]
-fn a_server_started_before_the_agent_is_a_scraped_endpoint() {
+fn a_server_started_before_the_agent_is_a_scraped_endpoint_that_owns_what_it_accepts() {
+    server_started_before_the_agent("core_bpf");
+}
+
+/// The legacy probe keys its listeners differently, so it is seeded apart.
+#[test]
+fn a_server_started_before_the_ebpf_method_owns_what_it_accepts() {
+    server_started_before_the_agent("ebpf");
+}
+
+fn server_started_before_the_agent(method: &str) {
     let mut server = Command::new("python3")
         .args([PEER, "tcp-server", "127.0.0.1", "0"])
         .stdin(Stdio::piped())
@@ -103,7 +113,7 @@ fn a_server_started_before_the_agent_is_a_scraped_endpoint() {
     let listening: Value = serde_json::from_str(&line).unwrap();
     let port = listening["listening"][1].as_u64().unwrap();
 
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--method", method]);
     let endpoint = agent.event_where("endpoint_open", server.id(), |e| e["local"]["port"] == port);
     assert_eq!(endpoint["scraped"], true, "{endpoint}");
     assert_eq!(endpoint["protocol"], "tcp", "{endpoint}");
@@ -111,6 +121,17 @@ fn a_server_started_before_the_agent_is_a_scraped_endpoint() {
     let exec = agent.event("process_exec", server.id());
     assert_eq!(exec["scraped"], true, "{exec}");
     assert_eq!(exec["process"]["args"][1], PEER, "{exec}");
+
+    // The probe never saw it listen, yet a connection it accepts now is
+    // its own: the scrape told the probe who owns the listener.
+    let client = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let accepted = agent.event_where("connection_open", server.id(), |e| {
+        e["role"] == "server" && e["remote"]["port"] == client_port
+    });
+    assert_eq!(accepted["local"]["port"], port, "{accepted}");
+    assert_eq!(accepted["process"]["args"][1], PEER, "{accepted}");
+    drop(client);
     let _ = server.kill();
     let _ = server.wait();
     let (status, stderr) = agent.stop(Signal::SIGTERM);
