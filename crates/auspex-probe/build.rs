@@ -39,6 +39,7 @@ fn main() {
         "bpf/counters.h",
         "bpf/events.h",
         "bpf/exec.h",
+        "bpf/exit_once.h",
         "bpf/perf_output.h",
         "bpf/output.h",
         "bpf/owners.h",

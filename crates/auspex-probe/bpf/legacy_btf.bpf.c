@@ -18,6 +18,7 @@
 #include "perf_output.h"
 #include "task.h"
 #include "exec.h"
+#include "exit_once.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -45,9 +46,7 @@ int legacy_exit_btf(void *ctx)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();
 
-	/* Only the group's last thread sees signal->live at zero (see
-	 * process.bpf.c). */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	if (!reports_process_exit(task))
 		return 0;
 	struct exit_event e = {};
 

@@ -15,6 +15,7 @@
 #include "scratch.h"
 #include "task.h"
 #include "exec.h"
+#include "exit_once.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -57,11 +58,8 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle_exit, struct task_struct *task)
 {
-	/* Every exiting thread passes here. do_exit() decrements signal->live
-	 * before this tracepoint, so only the group's last thread sees zero.
-	 * (Newer kernels pass group_dead as an argument; reading the counter
-	 * works on all of them.) */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	/* Every exiting thread passes here; one reports the process. */
+	if (!reports_process_exit(task))
 		return 0;
 
 	struct exit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
