@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The kernel matrix: boots real kernels under qemu and runs Auspex in each.
 
-  matrix.py run [LABEL...]        every kernel (default) or the ones named:
+  matrix.py run [LABEL...]        every kernel (default) or the ones named
+                                  (--write-docs docs/kernel-matrix.md to update the docs):
                                   `auspex check --json`, then the live tests
                                   of tests/any_kernel.rs with `--method auto`,
                                   expecting core_bpf (ebpf on 5.10-nobtf)
@@ -58,9 +59,21 @@ def prepare(labels):
     return out
 
 
+def target_dir() -> Path:
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                          cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return Path(json.loads(meta)["target_directory"])
+
+
+def shared_dirs():
+    """What the guest needs at its own path: the repository and the build."""
+    target = target_dir()
+    return [REPO] if target.is_relative_to(REPO) else [REPO, target]
+
+
 def host_binaries():
     """Builds the agent and the test binary the guests run (the host's
-    debug build, shared with the guest through its root)."""
+    debug build, shared with the guest)."""
     subprocess.run(["cargo", "build", "--locked", "-q", "-p", "auspex"], cwd=REPO, check=True)
     out = subprocess.run(
         ["cargo", "test", "--locked", "-q", "-p", "auspex", "--test", "any_kernel",
@@ -70,7 +83,7 @@ def host_binaries():
         msg = json.loads(line)
         if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
                 and msg["target"]["name"] == "any_kernel":
-            return REPO / "target/debug/auspex", Path(msg["executable"])
+            return target_dir() / "debug/auspex", Path(msg["executable"])
     raise RuntimeError("cargo did not report the any_kernel test binary")
 
 
@@ -96,7 +109,7 @@ def run_kernel(label, kernel, agent, tests, timeout):
         row["why"] = f"kernel not available: {kernel}"
         return row, ""
     row["release"] = (kernel / "release").read_text().strip()
-    boot = vm.boot(kernel, guest_script(label, agent, tests), results, timeout)
+    boot = vm.boot(kernel, guest_script(label, agent, tests), results, shared_dirs(), timeout)
     (results / "console.log").write_text(boot.console)
     row["seconds"] = boot.seconds
     check = read_json(results / "check.json")
@@ -159,6 +172,8 @@ def cmd_run(args):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "matrix.md").write_text(report + "\n")
     (RESULTS / "matrix.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    if args.write_docs:
+        write_docs(Path(args.write_docs), report)
     passed = sum(r["result"] == "passed" for r in ordered)
     print(report)
     print(f"kernel matrix: {passed} passed, {len(ordered) - passed} failed "
@@ -166,13 +181,23 @@ def cmd_run(args):
     return 0 if passed == len(ordered) else 1
 
 
+def write_docs(doc: Path, report: str):
+    """Replaces the table between the matrix markers of `doc`."""
+    text = doc.read_text()
+    start = text.index("<!-- matrix:start")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- matrix:end -->")
+    doc.write_text(text[:start] + report + "\n" + text[end:])
+
+
 def cmd_boot(args):
     kernel = prepare([args.label])[args.label]
     if isinstance(kernel, Exception):
         raise kernel
-    agent = REPO / "target/debug/auspex"
+    agent = target_dir() / "debug/auspex"
     command = args.command or f"{agent} check"
-    boot = vm.boot(kernel, f"cd {REPO}\n{command}\n", RESULTS / args.label, args.timeout)
+    boot = vm.boot(kernel, f"cd {REPO}\n{command}\n", RESULTS / args.label, shared_dirs(),
+                   args.timeout)
     print(boot.console, end="")
     kernels.log(f"{args.label}: exit status {boot.status} after {boot.seconds:.0f} s")
     return 1 if boot.status is None else boot.status
@@ -192,6 +217,8 @@ def main():
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run")
     run.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
+    run.add_argument("--write-docs", metavar="FILE",
+                     help="also put the table into FILE (docs/kernel-matrix.md)")
     run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                      help="guests at once (each takes one core)")
     boot = sub.add_parser("boot")

@@ -41,12 +41,16 @@ def initramfs(kernel: Path) -> Path:
     return out
 
 
-def boot(kernel: Path, script: str, share: Path, timeout: float, memory="2G", cpus=2) -> Boot:
+def boot(kernel: Path, script: str, share: Path, dirs: list[Path], timeout: float,
+         memory="2G", cpus=2) -> Boot:
     """Runs `script` (sh) as root in the guest; `share` is writable there as
-    /run/km and receives `status`. The console is the guest's serial line.
-    The guest's second stage powers off with the host's /bin/busybox."""
+    /run/km and receives `status`; `dirs` (the repository, its build) are
+    shared read-only at their own paths, whatever the guest mounts over
+    their parents. The console is the guest's serial line. The guest's
+    second stage powers off with the host's /bin/busybox."""
     share.mkdir(parents=True, exist_ok=True)
     (share / "cmd.sh").write_text(script)
+    (share / "dirs").write_text("".join(f"{d}\n" for d in dirs))
     shutil.copy(HERE / "guest-stage2", share / "stage2")
     (share / "status").unlink(missing_ok=True)
     cmd = [
@@ -66,6 +70,9 @@ def boot(kernel: Path, script: str, share: Path, timeout: float, memory="2G", cp
         "-fsdev", f"local,id=out,path={share},security_model=none",
         "-device", "virtio-9p-pci,fsdev=out,mount_tag=out",
     ]
+    for i, d in enumerate(dirs):
+        cmd += ["-fsdev", f"local,id=dir{i},path={d},security_model=none,readonly=on,multidevs=remap",
+                "-device", f"virtio-9p-pci,fsdev=dir{i},mount_tag=dir{i}"]
     start = time.monotonic()
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT) as qemu:
