@@ -330,7 +330,11 @@ fn a_process_whose_threads_exit_together_exits_once() {
             *exits.entry(process.pid).or_default() += 1;
         }
     }
-    let missing: Vec<u32> = pids.iter().copied().filter(|p| !exits.contains_key(p)).collect();
+    let missing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !exits.contains_key(p))
+        .collect();
     let twice: Vec<(u32, usize)> = pids
         .iter()
         .filter_map(|p| Some((*p, *exits.get(p).filter(|n| **n > 1)?)))
@@ -342,7 +346,11 @@ fn a_process_whose_threads_exit_together_exits_once() {
         missing.len(),
         twice.len()
     );
-    assert_eq!(h.probe.stats().unwrap().kernel_drops.records(), 0, "records were dropped");
+    assert_eq!(
+        h.probe.stats().unwrap().kernel_drops.records(),
+        0,
+        "records were dropped"
+    );
 }
 
 #[test]

@@ -484,15 +484,19 @@ fn auto_picks_core_bpf_and_every_report_says_so() {
     );
 
     // None of its own canary activity (the agent starts no other process
-    // and makes no other connection) leaks into its events.
+    // and makes no other connection) leaks into its events. Connections to
+    // its HTTP API (this test's requests) are real and reported: its
+    // listener predates the probes, and the startup scrape names its owner.
     let agent_pid = agent.child.id();
+    let api_port = agent.http_addr().port();
     let own: Vec<String> = agent
         .events()
         .iter()
         .filter(|e| {
             e["process"]["ppid"] == agent_pid
                 || (e["type"].as_str().unwrap().starts_with("connection")
-                    && e["process"]["pid"] == agent_pid)
+                    && e["process"]["pid"] == agent_pid
+                    && e["local"]["port"] != api_port)
         })
         .map(Value::to_string)
         .collect();
@@ -500,6 +504,9 @@ fn auto_picks_core_bpf_and_every_report_says_so() {
         own.is_empty(),
         "the agent reported its own canaries: {own:#?}"
     );
+    let api = agent.event_with("connection_open", |e| e["local"]["port"] == api_port);
+    assert_eq!(api["process"]["pid"], agent_pid, "{api}");
+    assert_eq!(api["role"], "server", "{api}");
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
 }

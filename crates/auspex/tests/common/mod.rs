@@ -77,14 +77,19 @@ impl Agent {
         agent
     }
 
-    /// GET `path` from the agent's HTTP API: (status code, body).
-    pub fn http_get(&self, path: &str) -> (u16, String) {
+    /// Where the agent's HTTP API listens, from its log.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
         let text = self.stderr_text();
-        let addr = text
-            .split("HTTP API on http://")
+        text.split("HTTP API on http://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"));
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"))
+    }
+
+    /// GET `path` from the agent's HTTP API: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.http_addr();
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
         let mut response = String::new();
