@@ -281,26 +281,43 @@ fn threads_fork_as_threads_and_do_not_exit_the_process() {
     );
 }
 
-/// A process whose main thread exits while another thread runs: both
-/// threads exit at once, on different CPUs.
+/// Forks `argv[1]` processes one after another and prints their pids. In
+/// each, the main thread exits while a second thread runs: both threads
+/// exit at once, on different CPUs.
 const THREADS_EXIT_TOGETHER: &str = r#"
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 static void *spin(void *arg) { for (;;) ; return arg; }
-int main(void) {
-    pthread_t t;
-    pthread_create(&t, 0, spin, 0);
-    usleep(100);
-    _exit(3);
+int main(int argc, char **argv) {
+    for (int i = atoi(argv[1]); i > 0; i--) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            pthread_t t;
+            pthread_create(&t, 0, spin, 0);
+            usleep(100);
+            _exit(3);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 3)
+            return 1;
+        printf("%d\n", pid);
+    }
+    return 0;
 }
 "#;
 
 #[test]
 fn a_process_whose_threads_exit_together_exits_once() {
     // Both threads can read the process's live-thread count at zero. Before
-    // the probe claimed each exit once, about 1 process in 750 of these
-    // was reported twice, so 2,000 of them would almost surely show it.
-    const PROCESSES: usize = 2000;
+    // the probe claimed each exit once, about 1 process in 5,000 of these
+    // was reported twice here (4 runs in 6 of 3,000 or 10,000 failed), so
+    // 20,000 (8 s) should show it nearly every time. It can never pass
+    // wrongly: one duplicate fails it.
+    const PROCESSES: usize = 20000;
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("together.c");
     let binary = dir.path().join("together");
@@ -313,15 +330,32 @@ fn a_process_whose_threads_exit_together_exits_once() {
     assert!(cc.success(), "compiling the helper failed");
 
     let mut h = Harness::start();
-    let mut pids = Vec::with_capacity(PROCESSES);
-    for _ in 0..PROCESSES {
-        let mut child = Command::new(&binary).spawn().unwrap();
-        assert_eq!(child.wait().unwrap().code(), Some(3));
-        pids.push(child.id());
-        // Keep the ring buffer from filling while they run.
+    let mut helper = Command::new(&binary)
+        .arg(PROCESSES.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    // Reading while polling keeps the ring buffer from filling.
+    let stdout = helper.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::Read::read_to_string(&mut { stdout }, &mut out).unwrap();
+        out
+    });
+    while !reader.is_finished() {
         let seen = &mut h.seen;
-        h.probe.drain(&mut |e| seen.push(e)).unwrap();
+        h.probe
+            .poll(Duration::from_millis(50), &mut |e| seen.push(e))
+            .unwrap();
     }
+    assert!(helper.wait().unwrap().success(), "a helper's process did not exit with 3");
+    let pids: Vec<u32> = reader
+        .join()
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), PROCESSES);
     // The last exit is a marker: every other has arrived before it.
     h.wait_for("process_exit", *pids.last().unwrap(), None);
     let mut exits = std::collections::HashMap::<u32, usize>::new();
