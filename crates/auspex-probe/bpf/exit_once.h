@@ -29,8 +29,9 @@ struct {
  * Whether `task`, exiting, is the one to report its process's exit.
  * do_exit() decrements signal->live before the tracepoint, so usually only
  * the group's last thread reads zero. But two threads exiting at once can
- * both decrement before either reads (measured: 4 processes in 3,000 with
- * two busy threads), so the one that claims the process first reports it.
+ * both decrement before either reads (measured: about 1 process in 10,000
+ * with two busy threads), so the one that claims the process first reports
+ * it.
  * (Newer kernels pass group_dead to the tracepoint; reading the counter
  * works on all of them.)
  */
