@@ -6,6 +6,7 @@ and archive directories) so the machine's apt sources are never touched.
 """
 
 import gzip
+import io
 import lzma
 import zlib
 import os
@@ -96,6 +97,20 @@ class Apt:
         return sorted(into.glob("*.deb"))
 
 
+def is_cached(out: Path, stamp: str) -> bool:
+    """Whether `out` holds what `stamp` (package versions, config) names."""
+    if (out / "package").exists() and (out / "package").read_text() == stamp:
+        log(f"{out.name}: {stamp} (cached)")
+        return True
+    return False
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def depends(fields):
     return [re.split(r"[ (]", d.strip())[0] for d in fields.get("Depends", "").replace("|", ",").split(",")]
 
@@ -121,16 +136,12 @@ def fetch_debian(label) -> Path:
     extra = [d for d in depends(image_meta) if re.match(r"linux-(binary|modules)-", d)]
     out = cache / label
     stamp = f"{image} {meta['Version']}"
-    if (out / "package").exists() and (out / "package").read_text() == stamp:
-        log(f"{label}: {stamp} (cached)")
+    if is_cached(out, stamp):
         return out
     log(f"{label}: fetching {stamp}")
-    debs_dir = cache / "debs" / label
-    shutil.rmtree(debs_dir, ignore_errors=True)
+    debs_dir = fresh_dir(cache / "debs" / label)
     debs = apt.download([f"{n}={meta['Version']}" for n in [image, *extra]], debs_dir)
-    tree = cache / "tree" / label
-    shutil.rmtree(tree, ignore_errors=True)
-    tree.mkdir(parents=True)
+    tree = fresh_dir(cache / "tree" / label)
     for deb in debs:
         run(["dpkg-deb", "-x", str(deb), str(tree)])
     # /boot/vmlinuz-<release> until 6.12; 7.x ships /usr/lib/modules/<release>/vmlinuz.
@@ -138,8 +149,7 @@ def fetch_debian(label) -> Path:
     (moddir,) = moddirs
     kernel_release = moddir.name
     vmlinuz = next(p for p in [tree / f"boot/vmlinuz-{kernel_release}", moddir / "vmlinuz"] if p.exists())
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    fresh_dir(out)
     (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
     copy_root_modules(moddir, out / "modules")
     (out / "release").write_text(kernel_release)
@@ -160,7 +170,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
             data = bzimage[at:]
             try:
                 if kind == "gzip":
-                    out = gzip.GzipFile(fileobj=__import__("io").BytesIO(data)).read()
+                    out = gzip.GzipFile(fileobj=io.BytesIO(data)).read()
                 elif kind == "xz":
                     out = lzma.LZMADecompressor().decompress(data)
                 else:
@@ -223,16 +233,12 @@ def build_nobtf() -> Path:
     apt.update()
     meta = apt.show("linux-source-5.10")
     stamp = f"linux-source-5.10 {meta['Version']} {hash_file(config)}"
-    if (out / "package").exists() and (out / "package").read_text() == stamp:
-        log(f"{NOBTF}: {stamp} (cached)")
+    if is_cached(out, stamp):
         return out
     log(f"{NOBTF}: building from linux-source-5.10 {meta['Version']} (several minutes)")
-    debs_dir = cache / "debs" / NOBTF
-    shutil.rmtree(debs_dir, ignore_errors=True)
+    debs_dir = fresh_dir(cache / "debs" / NOBTF)
     (deb,) = apt.download([f"linux-source-5.10={meta['Version']}"], debs_dir)
-    build = cache / "build" / NOBTF
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
+    build = fresh_dir(cache / "build" / NOBTF)
     run(["dpkg-deb", "-x", str(deb), str(build / "deb")])
     tarball = next((build / "deb/usr/src").glob("linux-source-5.10.tar.*"))
     run(["tar", "-xf", str(tarball), "-C", str(build)])
@@ -255,8 +261,7 @@ def build_nobtf() -> Path:
     check_config(src / ".config", config)
     log(f"{NOBTF}: compiling with {jobs} jobs")
     make_step(["make", f"-j{jobs}", "vmlinux"])
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    fresh_dir(out)
     shutil.copy(src / "vmlinux", out / "vmlinux")
     release = (src / "include/config/kernel.release").read_text().strip()
     (out / "release").write_text(release)

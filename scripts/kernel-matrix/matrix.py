@@ -216,7 +216,7 @@ def main():
                         help="seconds one guest may run (default 900)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run")
-    run.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
+    run.add_argument("labels", nargs="*", metavar="LABEL")
     run.add_argument("--write-docs", metavar="FILE",
                      help="also put the table into FILE (docs/kernel-matrix.md)")
     run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -225,8 +225,12 @@ def main():
     boot.add_argument("label", choices=kernels.LABELS)
     boot.add_argument("command", nargs="?")
     fetch = sub.add_parser("fetch")
-    fetch.add_argument("labels", nargs="*", choices=kernels.LABELS + [[]], default=[])
+    fetch.add_argument("labels", nargs="*", metavar="LABEL")
     args = parser.parse_args()
+    unknown = set(getattr(args, "labels", None) or []) - set(kernels.LABELS)
+    if unknown:
+        parser.error(f"unknown kernel {', '.join(sorted(unknown))}; "
+                     f"known: {' '.join(kernels.LABELS)}")
     # modinfo and friends live in sbin, which a CI shell's PATH may lack.
     os.environ["PATH"] += ":/usr/local/sbin:/usr/sbin:/sbin"
     if os.geteuid() != 0:
