@@ -13,12 +13,13 @@ die() { say "error: $*"; exit 1; }
 # libelf and zlib that libbpf-sys links statically (so the agent needs no
 # shared libraries at run time): a C toolchain, make, pkg-config, autotools,
 # flex, bison and gawk. The tests use util-linux (setpriv, unshare),
-# iproute2 (network namespaces) and python3 (network peers). The kernel
+# iproute2 (network namespaces) and python3 (network peers). protoc
+# compiles the gRPC service definition. The kernel
 # matrix (scripts/kernel-matrix) boots kernels with qemu and a busybox
 # initramfs (cpio, kmod's modinfo, xz and zstd for Debian's packages) and
 # builds one kernel (bc, libelf-dev).
 packages=(clang-19 gcc libc6-dev make pkg-config autoconf automake autopoint libtool
-          flex bison gawk util-linux ca-certificates iproute2 python3
+          flex bison gawk util-linux ca-certificates iproute2 python3 protobuf-compiler
           qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Where the HTTP API (/ready, /status, /metrics) listens, or `off`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: Listen,
+
+    /// Where the gRPC event stream (auspex.v1.Events) listens, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
+    pub grpc_listen: Listen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

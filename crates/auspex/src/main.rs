@@ -4,6 +4,7 @@ mod canary;
 mod check;
 mod cli;
 mod collector;
+mod grpc;
 mod http;
 mod methods;
 mod metrics;

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub fallbacks: Family<FallbackLabels, Counter>,
     pub ready: Gauge,
     pub heartbeat_misses: Counter,
+    pub grpc_dropped: Counter,
 }
 
 impl Metrics {
@@ -48,6 +49,7 @@ impl Metrics {
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         let ready = Gauge::default();
         let heartbeat_misses = Counter::default();
+        let grpc_dropped = Counter::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -65,6 +67,11 @@ impl Metrics {
             "Heartbeats the method did not see in time",
             heartbeat_misses.clone(),
         );
+        registry.register(
+            "grpc_events_dropped",
+            "Events gRPC subscribers lost by falling behind",
+            grpc_dropped.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -72,6 +79,7 @@ impl Metrics {
             fallbacks,
             ready,
             heartbeat_misses,
+            grpc_dropped,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The userspace half of the data path: each event from a method is
-//! enriched, counted, tracked, then written (raw, as deltas, or both).
+//! enriched, counted, tracked, then written (raw, as deltas, or both) to
+//! the output and to gRPC subscribers.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use auspex_events::Event;
 use auspex_track::{Tracker, TrackerStats};
 use chrono::Utc;
 
+use crate::grpc::Feed;
 use crate::metrics::{Metrics, TypeLabel};
 use crate::sink::JsonLines;
 
@@ -22,6 +24,8 @@ pub struct Pipeline {
     /// Whether the raw events are written.
     raw: bool,
     pub sink: JsonLines,
+    /// The gRPC subscribers, when the stream is served.
+    feed: Option<Feed>,
 }
 
 impl Pipeline {
@@ -30,6 +34,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         tracker: Option<Tracker>,
         raw: bool,
+        feed: Option<Feed>,
     ) -> Self {
         Pipeline {
             processes: ProcessTable::new(PROCESS_TABLE_CAPACITY),
@@ -37,6 +42,7 @@ impl Pipeline {
             tracker,
             raw,
             sink,
+            feed,
         }
     }
 
@@ -76,6 +82,9 @@ impl Pipeline {
             })
             .inc();
         self.sink.write(event);
+        if let Some(feed) = &self.feed {
+            feed.send(event);
+        }
     }
 
     /// What the tracker left out, if it runs.

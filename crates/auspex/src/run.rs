@@ -16,6 +16,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::canary::{timed_out, Canary, CanaryEvents};
 use crate::cli::{Report, RunArgs};
 use crate::collector::Collector;
+use crate::grpc::Feed;
 use crate::methods::{self, Method, MethodConfig};
 use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
 use crate::pipeline::Pipeline;
@@ -57,6 +58,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
+    let feed = match args.grpc_listen.0 {
+        Some(addr) => {
+            let feed = Feed::new();
+            let bound = crate::grpc::serve(addr, feed.clone(), Arc::clone(&metrics))?;
+            tracing::info!("gRPC event stream on http://{bound} (auspex.v1.Events/Subscribe)");
+            Some(feed)
+        }
+        None => None,
+    };
     let mut features = features::probe_all(
         args.btf.as_deref(),
         Check::from_result(auspex_proc::probe_connector()),
@@ -80,7 +90,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         stop,
         status,
         metrics: Arc::clone(&metrics),
-        pipeline: Pipeline::new(sink, metrics, tracker(args), args.report != Report::Deltas),
+        pipeline: Pipeline::new(
+            sink,
+            metrics,
+            tracker(args),
+            args.report != Report::Deltas,
+            feed,
+        ),
         canaries: CanaryEvents::new(),
         published_drops: HashMap::new(),
     };

@@ -1,0 +1,117 @@
+//! The gRPC event stream (`auspex.v1.Events/Subscribe`, proto/): every
+//! event the agent writes, to each subscriber. Served from its own thread;
+//! the collection loop only hands events to a broadcast channel and never
+//! waits for a subscriber.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context;
+use auspex_events::Event;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+
+pub mod pb {
+    tonic::include_proto!("auspex.v1");
+}
+
+use pb::events_server::{Events, EventsServer};
+
+/// Events a subscriber may fall behind by before it loses the oldest.
+const BACKLOG: usize = 4096;
+
+/// The sending side, held by the pipeline.
+#[derive(Clone)]
+pub struct Feed {
+    sender: broadcast::Sender<Arc<pb::Event>>,
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        Feed {
+            sender: broadcast::channel(BACKLOG).0,
+        }
+    }
+
+    /// Hands `event` to the current subscribers; costs nothing without any.
+    pub fn send(&self, event: &Event) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        let json = serde_json::to_string(event).expect("events serialise");
+        // An error only means the last subscriber left meanwhile.
+        let _ = self.sender.send(Arc::new(pb::Event {
+            r#type: event.kind.name().to_string(),
+            json,
+        }));
+    }
+}
+
+struct Service {
+    feed: Feed,
+    metrics: Arc<Metrics>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Events for Service {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let types = request.into_inner().types;
+        let metrics = Arc::clone(&self.metrics);
+        let stream =
+            BroadcastStream::new(self.feed.sender.subscribe()).filter_map(move |item| match item {
+                Ok(event) if types.is_empty() || types.contains(&event.r#type) => {
+                    Some(Ok(pb::Event::clone(&event)))
+                }
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    metrics.grpc_dropped.inc_by(n);
+                    tracing::warn!("a gRPC subscriber fell behind and lost {n} events");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Binds `addr` and serves in the background; returns the bound address.
+pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} for the gRPC stream (--grpc-listen)"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let service = EventsServer::new(Service { feed, metrics });
+    std::thread::Builder::new()
+        .name("grpc".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!("the gRPC stream stopped: {e}");
+                }
+            });
+        })?;
+    Ok(bound)
+}

@@ -1,0 +1,104 @@
+//! The gRPC event stream, read by a real client: a subscriber gets the
+//! events the agent writes, only of the types it asked for.
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::{canonical, deadline, Agent};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+mod pb {
+    tonic::include_proto!("auspex.v1");
+}
+
+use pb::events_client::EventsClient;
+use pb::SubscribeRequest;
+
+fn grpc_addr(agent: &Agent) -> String {
+    let text = agent.stderr_text();
+    text.split("gRPC event stream on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gRPC address in the agent's log:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
+    let agent = Agent::start(&["--grpc-listen", "127.0.0.1:0"]);
+    let addr = grpc_addr(&agent);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (exec, others) = runtime.block_on(async {
+        let mut client = EventsClient::connect(addr).await.unwrap();
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                types: vec!["process_exec".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Subscribed: what happens from now on is streamed.
+        let mut child = Command::new("/bin/true")
+            .arg("through-grpc")
+            .spawn()
+            .unwrap();
+        child.wait().unwrap();
+        let pid = child.id();
+        let start = Instant::now();
+        let mut others = Vec::new();
+        loop {
+            let left = deadline().saturating_sub(start.elapsed());
+            let next = tokio::time::timeout(left, stream.message()).await;
+            let Ok(Ok(Some(event))) = next else {
+                panic!(
+                    "no process_exec for pid {pid} on the stream ({next:?}); other types seen: \
+                     {others:?}\nagent stderr:\n{}",
+                    agent.stderr_text()
+                );
+            };
+            let value: Value = serde_json::from_str(&event.json).unwrap();
+            if event.r#type != "process_exec" || value["type"] != "process_exec" {
+                others.push(event.r#type.clone());
+            }
+            if value["process"]["pid"] == pid {
+                return (value, others);
+            }
+        }
+    });
+    assert_eq!(
+        exec["process"]["args"],
+        json!(["/bin/true", "through-grpc"]),
+        "{exec}"
+    );
+    assert_eq!(exec["process"]["exe"], canonical("/bin/true"), "{exec}");
+    assert!(others.is_empty(), "types not asked for: {others:?}");
+    // The same event went to the output file too.
+    let written = agent.event(
+        "process_exec",
+        exec["process"]["pid"].as_u64().unwrap() as u32,
+    );
+    assert_eq!(written, exec);
+    let (status, stderr) = agent.stop(Signal::SIGTERM);
+    assert!(status.success(), "{status}: {stderr:?}");
+}
+
+#[test]
+fn a_taken_grpc_port_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = common::run_failing(&mut common::auspex_run(&["--grpc-listen", &addr]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        common::error_line(&stderr),
+        format!(
+            "auspex: error: cannot listen on {addr} for the gRPC stream (--grpc-listen): \
+             Address already in use (os error 98)"
+        )
+    );
+}
