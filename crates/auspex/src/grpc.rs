@@ -115,3 +115,44 @@ pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Res
         })?;
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auspex_events::{EventKind, Process};
+
+    fn exec(pid: u32) -> Event {
+        let process = Process {
+            pid,
+            ..Process::default()
+        };
+        Event::new(chrono::Utc::now(), EventKind::ProcessExec { process })
+    }
+
+    #[test]
+    fn a_subscriber_that_falls_behind_loses_the_oldest_and_they_are_counted() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let feed = Feed::new();
+        let service = Service {
+            feed: feed.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        runtime.block_on(async {
+            let request = Request::new(pb::SubscribeRequest { types: vec![] });
+            let mut stream = service.subscribe(request).await.unwrap().into_inner();
+            let sent = BACKLOG as u32 + 100;
+            for pid in 0..sent {
+                feed.send(&exec(pid));
+            }
+            // The first event still held is the 101st sent.
+            let first = stream.next().await.unwrap().unwrap();
+            let value: serde_json::Value = serde_json::from_str(&first.json).unwrap();
+            assert_eq!(value["process"]["pid"], 100);
+            assert_eq!(first.r#type, "process_exec");
+        });
+        assert_eq!(metrics.grpc_dropped.get(), 100);
+    }
+}
