@@ -1,13 +1,11 @@
 //! The gRPC event stream (`auspex.v1.Events/Subscribe`, proto/): every
-//! event the agent writes, to each subscriber. Served from its own thread;
-//! the collection loop only hands events to a broadcast channel and never
-//! waits for a subscriber.
+//! event the agent writes, to each subscriber. The collection loop only
+//! hands events to a broadcast channel and never waits for a subscriber.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyhow::Context;
 use auspex_events::Event;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -88,32 +86,22 @@ impl Events for Service {
 
 /// Binds `addr` and serves in the background; returns the bound address.
 pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen on {addr} for the gRPC stream (--grpc-listen)"))?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
     let service = EventsServer::new(Service { feed, metrics });
-    std::thread::Builder::new()
-        .name("grpc".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
-                    tracing::error!("the gRPC stream stopped: {e}");
-                }
-            });
-        })?;
-    Ok(bound)
+    crate::server::spawn(
+        addr,
+        "gRPC stream",
+        "--grpc-listen",
+        |listener| async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!("the gRPC stream stopped: {e}");
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod methods;
 mod metrics;
 mod pipeline;
 mod run;
+mod server;
 mod sink;
 mod status;
 
