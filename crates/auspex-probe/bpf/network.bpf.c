@@ -98,25 +98,43 @@ struct {
 	__type(value, __u8);
 } udp_flows SEC(".maps");
 
+/*
+ * Reading a socket's fields. In the tp_btf program the verifier knows `sk`
+ * (a BTF pointer): a field is one direct, CO-RE-relocated load. In the
+ * cgroup hooks and the timer it is a plain number, and every field takes a
+ * bpf_probe_read_kernel() call, tens of ns each. `trusted` is a constant
+ * at every call, so each program keeps one of the two ways.
+ */
+#define SK_TRUSTED true
+#define SK_UNTRUSTED false
+#define SK_READ(trusted, sk, direct, ...) ((trusted) ? (direct) : BPF_CORE_READ(sk, __VA_ARGS__))
+
 static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u32 kind,
-				      __u8 role)
+				      __u8 role, bool trusted)
 {
+	struct sock_common *c = &sk->__sk_common;
+
 	e->hdr.kind = kind;
 	e->hdr.size = sizeof(*e);
 	e->hdr.boot_ns = bpf_ktime_get_boot_ns();
 	e->sock = (__u64)sk;
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	/* A bitfield before 5.6, a u16 since: the probed read handles both. */
-	e->protocol = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	e->netns = SK_READ(trusted, sk, c->skc_net.net->ns.inum, __sk_common.skc_net.net, ns.inum);
+	e->family = SK_READ(trusted, sk, c->skc_family, __sk_common.skc_family);
+	/* A bitfield before 5.6, a u16 since: the bitfield reads handle both. */
+	e->protocol = trusted ? BPF_CORE_READ_BITFIELD(sk, sk_protocol)
+			      : BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
 	e->role = role;
-	e->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->local_port = SK_READ(trusted, sk, c->skc_num, __sk_common.skc_num);
+	e->remote_port = bpf_ntohs(SK_READ(trusted, sk, c->skc_dport, __sk_common.skc_dport));
 	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
 	if (e->family == AF_INET) {
-		BPF_CORE_READ_INTO((__u32 *)e->local_addr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)e->remote_addr, sk, __sk_common.skc_daddr);
+		*(__u32 *)e->local_addr =
+			SK_READ(trusted, sk, c->skc_rcv_saddr, __sk_common.skc_rcv_saddr);
+		*(__u32 *)e->remote_addr = SK_READ(trusted, sk, c->skc_daddr, __sk_common.skc_daddr);
+	} else if (trusted) {
+		__builtin_memcpy(e->local_addr, &c->skc_v6_rcv_saddr, sizeof(e->local_addr));
+		__builtin_memcpy(e->remote_addr, &c->skc_v6_daddr, sizeof(e->remote_addr));
 	} else {
 		BPF_CORE_READ_INTO(&e->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&e->remote_addr, sk, __sk_common.skc_v6_daddr);
@@ -135,7 +153,7 @@ static __always_inline void set_owner(struct sock_event *e, struct task_info *ow
 }
 
 static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
-				      struct task_info *owner)
+				      struct task_info *owner, bool trusted)
 {
 	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
@@ -143,7 +161,7 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
 		count(AUSPEX_DROP_RINGBUF_NET);
 		return;
 	}
-	fill_sock(e, sk, kind, role);
+	fill_sock(e, sk, kind, role, trusted);
 	set_owner(e, owner);
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
@@ -156,12 +174,13 @@ static __always_inline void current_task(struct task_info *info)
 	fill_task(info, (struct task_struct *)bpf_get_current_task());
 }
 
+/* Only from the tp_btf program: reads `sk` directly. */
 static __always_inline struct listener_key listener_of(struct sock *sk)
 {
 	struct listener_key key = {
-		.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
-		.port = BPF_CORE_READ(sk, __sk_common.skc_num),
-		.family = BPF_CORE_READ(sk, __sk_common.skc_family),
+		.netns = sk->__sk_common.skc_net.net->ns.inum,
+		.port = sk->__sk_common.skc_num,
+		.family = sk->__sk_common.skc_family,
 	};
 	return key;
 }
@@ -201,7 +220,7 @@ static __always_inline struct task_info *known_owner(__u64 *sk, __u8 *role)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+	if (BPF_CORE_READ_BITFIELD(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 
 	__u64 key = (__u64)sk;
@@ -218,7 +237,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, lkey.port);
 		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
 			count(AUSPEX_DROP_LISTENERS_FULL);
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner, SK_TRUSTED);
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		/* (A connection request cloned from a listener also starts as
 		 * LISTEN, moving to SYN_RECV: not a listener closing.) */
@@ -226,7 +245,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 		if (e) {
-			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER);
+			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, SK_TRUSTED);
 			set_owner(e, known ? &known->task : NULL);
 			if (known && known->port)
 				e->local_port = known->port;
@@ -243,7 +262,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		bpf_map_delete_elem(&sock_owners, &key);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
 		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT,
-			  known_owner(&key, &role));
+			  known_owner(&key, &role), SK_TRUSTED);
 	} else if (oldstate == TCP_SYN_SENT) {
 		bpf_map_delete_elem(&sock_owners, &key);
 	} else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
@@ -255,13 +274,13 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 			remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, 0);
 		}
 		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_SERVER,
-			  listener ? &owner : NULL);
+			  listener ? &owner : NULL, SK_TRUSTED);
 	} else if (oldstate == TCP_ESTABLISHED) {
 		/* The role is unknown only for a connection that predates the
 		 * probe. */
 		struct task_info *known = known_owner(&key, &role);
 
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known, SK_TRUSTED);
 		bpf_map_delete_elem(&sock_owners, &key);
 	}
 	return 0;
@@ -370,7 +389,7 @@ static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 
 		count(AUSPEX_DROP_RINGBUF_NET);
 		return 1;
 	}
-	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role);
+	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role, SK_UNTRUSTED);
 	/* The peer is the datagram's, not the socket's (it has none). An
 	 * IPv6 socket may talk to an IPv4 peer: write it IPv4-mapped. */
 	if (e->family == AF_INET6 && family == AF_INET) {
@@ -421,7 +440,7 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
 		return 0;
 	if (BPF_CORE_READ(sk, __sk_common.skc_num) && BPF_CORE_READ(sk, __sk_common.skc_dport)) {
 		st->flags &= ~UDP_CONNECT_PENDING;
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, SK_UNTRUSTED);
 	} else if (++st->tries < 100) {
 		bpf_timer_start(&st->timer, 1000000 /* 1 ms */, 0);
 	} else {
@@ -503,7 +522,7 @@ static __always_inline int udp_post_bind(struct bpf_sock *bsk)
 	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
 
 	if (st && (st->flags & UDP_WANTS_ENDPOINT))
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, SK_UNTRUSTED);
 	return 1;
 }
 
@@ -534,8 +553,8 @@ int udp_release(struct bpf_sock *bsk)
 		return 1;
 
 	if (st->flags & UDP_CONNECT_PENDING)
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner);
-	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, SK_UNTRUSTED);
+	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, SK_UNTRUSTED);
 	bpf_map_delete_elem(&udp_socks, &key);
 	return 1;
 }
