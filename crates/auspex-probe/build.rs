@@ -41,6 +41,7 @@ fn main() {
         "bpf/exec.h",
         "bpf/exit_once.h",
         "bpf/perf_output.h",
+        "bpf/reads.h",
         "bpf/output.h",
         "bpf/owners.h",
         "bpf/scratch.h",

@@ -36,7 +36,7 @@ int legacy_exec_btf(void *ctx)
 
 	if (size > sizeof(*e))
 		return 0;
-	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size);
+	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size, UNTRUSTED);
 	emit(ctx, e, size, AUSPEX_DROP_RINGBUF_EXEC);
 	return 0;
 }
@@ -50,7 +50,7 @@ int legacy_exit_btf(void *ctx)
 		return 0;
 	struct exit_event e = {};
 
-	fill_header(&e.hdr, task, AUSPEX_EVENT_EXIT, sizeof(e));
+	fill_header(&e.hdr, task, AUSPEX_EVENT_EXIT, sizeof(e), UNTRUSTED);
 	e.exit_status = BPF_CORE_READ(task, exit_code);
 	emit(ctx, &e, sizeof(e), AUSPEX_DROP_RINGBUF_EXIT);
 	return 0;

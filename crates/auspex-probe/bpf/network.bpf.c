@@ -16,6 +16,7 @@
 #include "output.h"
 #include "task.h"
 #include "owners.h"
+#include "reads.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -98,17 +99,6 @@ struct {
 	__type(value, __u8);
 } udp_flows SEC(".maps");
 
-/*
- * Reading a socket's fields. In the tp_btf program the verifier knows `sk`
- * (a BTF pointer): a field is one direct, CO-RE-relocated load. In the
- * cgroup hooks and the timer it is a plain number, and every field takes a
- * bpf_probe_read_kernel() call, tens of ns each. `trusted` is a constant
- * at every call, so each program keeps one of the two ways.
- */
-#define SK_TRUSTED true
-#define SK_UNTRUSTED false
-#define SK_READ(trusted, sk, direct, ...) ((trusted) ? (direct) : BPF_CORE_READ(sk, __VA_ARGS__))
-
 static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u32 kind,
 				      __u8 role, bool trusted)
 {
@@ -118,20 +108,20 @@ static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u
 	e->hdr.size = sizeof(*e);
 	e->hdr.boot_ns = bpf_ktime_get_boot_ns();
 	e->sock = (__u64)sk;
-	e->netns = SK_READ(trusted, sk, c->skc_net.net->ns.inum, __sk_common.skc_net.net, ns.inum);
-	e->family = SK_READ(trusted, sk, c->skc_family, __sk_common.skc_family);
+	e->netns = KREAD(trusted, c->skc_net.net->ns.inum, sk, __sk_common.skc_net.net, ns.inum);
+	e->family = KREAD(trusted, c->skc_family, sk, __sk_common.skc_family);
 	/* A bitfield before 5.6, a u16 since: the bitfield reads handle both. */
 	e->protocol = trusted ? BPF_CORE_READ_BITFIELD(sk, sk_protocol)
 			      : BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
 	e->role = role;
-	e->local_port = SK_READ(trusted, sk, c->skc_num, __sk_common.skc_num);
-	e->remote_port = bpf_ntohs(SK_READ(trusted, sk, c->skc_dport, __sk_common.skc_dport));
+	e->local_port = KREAD(trusted, c->skc_num, sk, __sk_common.skc_num);
+	e->remote_port = bpf_ntohs(KREAD(trusted, c->skc_dport, sk, __sk_common.skc_dport));
 	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
 	if (e->family == AF_INET) {
 		*(__u32 *)e->local_addr =
-			SK_READ(trusted, sk, c->skc_rcv_saddr, __sk_common.skc_rcv_saddr);
-		*(__u32 *)e->remote_addr = SK_READ(trusted, sk, c->skc_daddr, __sk_common.skc_daddr);
+			KREAD(trusted, c->skc_rcv_saddr, sk, __sk_common.skc_rcv_saddr);
+		*(__u32 *)e->remote_addr = KREAD(trusted, c->skc_daddr, sk, __sk_common.skc_daddr);
 	} else if (trusted) {
 		__builtin_memcpy(e->local_addr, &c->skc_v6_rcv_saddr, sizeof(e->local_addr));
 		__builtin_memcpy(e->remote_addr, &c->skc_v6_daddr, sizeof(e->remote_addr));
@@ -171,7 +161,7 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
  * through BPF_CORE_READ anyway. */
 static __always_inline void current_task(struct task_info *info)
 {
-	fill_task(info, (struct task_struct *)bpf_get_current_task());
+	fill_task(info, (struct task_struct *)bpf_get_current_task(), UNTRUSTED);
 }
 
 /* Only from the tp_btf program: reads `sk` directly. */
@@ -237,7 +227,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, lkey.port);
 		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
 			count(AUSPEX_DROP_LISTENERS_FULL);
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner, SK_TRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner, TRUSTED);
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		/* (A connection request cloned from a listener also starts as
 		 * LISTEN, moving to SYN_RECV: not a listener closing.) */
@@ -245,7 +235,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 		if (e) {
-			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, SK_TRUSTED);
+			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, TRUSTED);
 			set_owner(e, known ? &known->task : NULL);
 			if (known && known->port)
 				e->local_port = known->port;
@@ -262,7 +252,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 		bpf_map_delete_elem(&sock_owners, &key);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
 		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT,
-			  known_owner(&key, &role), SK_TRUSTED);
+			  known_owner(&key, &role), TRUSTED);
 	} else if (oldstate == TCP_SYN_SENT) {
 		bpf_map_delete_elem(&sock_owners, &key);
 	} else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
@@ -274,13 +264,13 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 			remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, 0);
 		}
 		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_SERVER,
-			  listener ? &owner : NULL, SK_TRUSTED);
+			  listener ? &owner : NULL, TRUSTED);
 	} else if (oldstate == TCP_ESTABLISHED) {
 		/* The role is unknown only for a connection that predates the
 		 * probe. */
 		struct task_info *known = known_owner(&key, &role);
 
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known, SK_TRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known, TRUSTED);
 		bpf_map_delete_elem(&sock_owners, &key);
 	}
 	return 0;
@@ -389,7 +379,7 @@ static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 
 		count(AUSPEX_DROP_RINGBUF_NET);
 		return 1;
 	}
-	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role, SK_UNTRUSTED);
+	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role, UNTRUSTED);
 	/* The peer is the datagram's, not the socket's (it has none). An
 	 * IPv6 socket may talk to an IPv4 peer: write it IPv4-mapped. */
 	if (e->family == AF_INET6 && family == AF_INET) {
@@ -440,7 +430,7 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
 		return 0;
 	if (BPF_CORE_READ(sk, __sk_common.skc_num) && BPF_CORE_READ(sk, __sk_common.skc_dport)) {
 		st->flags &= ~UDP_CONNECT_PENDING;
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, SK_UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, UNTRUSTED);
 	} else if (++st->tries < 100) {
 		bpf_timer_start(&st->timer, 1000000 /* 1 ms */, 0);
 	} else {
@@ -522,7 +512,7 @@ static __always_inline int udp_post_bind(struct bpf_sock *bsk)
 	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
 
 	if (st && (st->flags & UDP_WANTS_ENDPOINT))
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, SK_UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, UNTRUSTED);
 	return 1;
 }
 
@@ -553,8 +543,8 @@ int udp_release(struct bpf_sock *bsk)
 		return 1;
 
 	if (st->flags & UDP_CONNECT_PENDING)
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, SK_UNTRUSTED);
-	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, SK_UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, UNTRUSTED);
+	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, UNTRUSTED);
 	bpf_map_delete_elem(&udp_socks, &key);
 	return 1;
 }

@@ -31,7 +31,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	__u32 size = fill_exec(e, task, BPF_CORE_READ(bprm, file), BPF_CORE_READ(bprm, argc));
 	if (size > sizeof(*e))
 		return 0;
-	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size);
+	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size, TRUSTED);
 	if (bpf_ringbuf_output(&events, e, size, wakeup_flag()))
 		count(AUSPEX_DROP_RINGBUF_EXEC);
 	return 0;
@@ -46,7 +46,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 		count(AUSPEX_DROP_RINGBUF_FORK);
 		return 0;
 	}
-	fill_header(&e->hdr, child, AUSPEX_EVENT_FORK, sizeof(*e));
+	fill_header(&e->hdr, child, AUSPEX_EVENT_FORK, sizeof(*e), TRUSTED);
 	e->parent_pid = BPF_CORE_READ(parent, tgid);
 	e->parent_tid = BPF_CORE_READ(parent, pid);
 	e->is_thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
@@ -68,7 +68,7 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 		count(AUSPEX_DROP_RINGBUF_EXIT);
 		return 0;
 	}
-	fill_header(&e->hdr, task, AUSPEX_EVENT_EXIT, sizeof(*e));
+	fill_header(&e->hdr, task, AUSPEX_EVENT_EXIT, sizeof(*e), TRUSTED);
 	e->exit_status = BPF_CORE_READ(task, exit_code);
 	e->flags = 0;
 	bpf_ringbuf_submit(e, wakeup_flag());

@@ -4,29 +4,36 @@
 #define AUSPEX_TASK_H
 
 #include "events.h"
+#include "reads.h"
 
-static __always_inline void fill_task(struct task_info *info, struct task_struct *task)
+static __always_inline void fill_task(struct task_info *info, struct task_struct *task,
+					bool trusted)
 {
-	info->pid = BPF_CORE_READ(task, tgid);
-	info->tid = BPF_CORE_READ(task, pid);
-	info->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	info->pid = KREAD(trusted, task->tgid, task, tgid);
+	info->tid = KREAD(trusted, task->pid, task, pid);
+	info->ppid = KREAD(trusted, task->real_parent->tgid, task, real_parent, tgid);
 	/* real_cred: the objective credentials, what /proc/<pid>/status shows. */
-	info->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	info->gid = BPF_CORE_READ(task, real_cred, gid.val);
+	info->uid = KREAD(trusted, task->real_cred->uid.val, task, real_cred, uid.val);
+	info->gid = KREAD(trusted, task->real_cred->gid.val, task, real_cred, gid.val);
 	info->_pad = 0;
 	/* The task's own cgroup rather than current's: for fork the subject is
 	 * the child, which may have been cloned into another cgroup. */
-	info->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	BPF_CORE_READ_STR_INTO(&info->comm, task, comm);
+	info->cgroup_id = KREAD(trusted, task->cgroups->dfl_cgrp->kn->id, task, cgroups, dfl_cgrp,
+				kn, id);
+	if (trusted)
+		__builtin_memcpy(info->comm, task->comm, sizeof(info->comm));
+	else
+		BPF_CORE_READ_STR_INTO(&info->comm, task, comm);
 }
 
+/* `trusted`: see reads.h. */
 static __always_inline void fill_header(struct event_header *hdr, struct task_struct *task,
-					__u32 kind, __u32 size)
+					__u32 kind, __u32 size, bool trusted)
 {
 	hdr->kind = kind;
 	hdr->size = size;
 	hdr->boot_ns = bpf_ktime_get_boot_ns();
-	fill_task(&hdr->task, task);
+	fill_task(&hdr->task, task, trusted);
 }
 
 #endif /* AUSPEX_TASK_H */
