@@ -54,6 +54,9 @@ def boot(kernel: Path, script: str, share: Path, dirs: list[Path], timeout: floa
     shutil.copy(HERE / "guest-stage2", share / "stage2")
     (share / "status").unlink(missing_ok=True)
     cmd = [
+        # qemu gets SIGKILL when the harness dies, however it dies: no guest
+        # outlives a killed CI run.
+        "setpriv", "--pdeathsig", "KILL",
         "qemu-system-x86_64",
         # /dev/kvm here cannot run x86 guests; multi-threaded TCG sometimes
         # dies early with "Oops: int3" (../shared/notes/kernel-matrix.md).
@@ -83,6 +86,9 @@ def boot(kernel: Path, script: str, share: Path, dirs: list[Path], timeout: floa
             console, _ = qemu.communicate()
             console += f"\n[kernel-matrix: killed after {timeout:.0f} s]\n".encode()
     seconds = time.monotonic() - start
-    status_file = share / "status"
-    status = int(status_file.read_text()) if status_file.exists() else None
+    try:
+        status = int((share / "status").read_text())
+    except (OSError, ValueError):
+        status = None
     return Boot(status, console.decode(errors="replace"), seconds)
+

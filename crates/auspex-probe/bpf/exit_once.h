@@ -15,12 +15,14 @@ struct exit_key {
 	__u64 start_time;
 };
 
-/* Processes whose exit was reported. Never deleted from: the LRU forgets
- * them once thousands of later exits have come, long after the last of
- * their threads is gone. */
+/* Processes whose exit was reported by a thread that may have been raced.
+ * A lone thread that finds its process's claim deletes it; the others the
+ * LRU forgets once thousands of later claims have come, long after the last
+ * of their threads is gone. Large, because an LRU map evicts in batches per
+ * CPU: a claim must survive until its racer has looked. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__type(key, struct exit_key);
 	__type(value, __u8);
 } exits_reported SEC(".maps");
@@ -34,12 +36,11 @@ struct {
  * it. (Newer kernels pass group_dead to the tracepoint; reading the counter
  * works on all of them.)
  *
- * Claiming means inserting into an LRU map that is never deleted from, so
- * once it is full every insert evicts: about 0.5 us. Only a thread that
- * may race pays it: while another thread is not yet released
- * (signal->nr_threads > 1). A thread alone in its group only looks for an
- * earlier claim, made by a thread that raced it and has been released
- * since.
+ * Claiming means inserting into an LRU map, and once it is full every
+ * insert evicts: about 0.5 us. Only a thread that may race pays it: while
+ * another thread is not yet released (signal->nr_threads > 1). A thread
+ * alone in its group only looks for an earlier claim, made by a thread
+ * that raced it and has been released since.
  */
 static __always_inline bool reports_process_exit(struct task_struct *task)
 {
@@ -51,8 +52,13 @@ static __always_inline bool reports_process_exit(struct task_struct *task)
 		.start_time = BPF_CORE_READ(task, group_leader, start_time),
 	};
 
-	if (BPF_CORE_READ(task, signal, nr_threads) <= 1)
-		return !bpf_map_lookup_elem(&exits_reported, &key);
+	if (BPF_CORE_READ(task, signal, nr_threads) <= 1) {
+		/* The last thread: nobody looks after it. */
+		if (!bpf_map_lookup_elem(&exits_reported, &key))
+			return true;
+		bpf_map_delete_elem(&exits_reported, &key);
+		return false;
+	}
 
 	__u8 reported = 1;
 

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use auspex_events::Event;
 use tokio::sync::broadcast;
@@ -35,6 +36,11 @@ impl Feed {
         Feed {
             sender: broadcast::channel(BACKLOG).0,
         }
+    }
+
+    /// Tells the subscribers the stream is over, after what was sent.
+    fn close(&self) {
+        let _ = self.sender.send(Arc::new(pb::Event::default()));
     }
 
     /// Hands `event` to the current subscribers; costs nothing without any.
@@ -68,8 +74,11 @@ impl Events for Service {
     ) -> Result<Response<EventStream>, Status> {
         let types = request.into_inner().types;
         let metrics = Arc::clone(&self.metrics);
-        let stream =
-            BroadcastStream::new(self.feed.sender.subscribe()).filter_map(move |item| match item {
+        let stream = BroadcastStream::new(self.feed.sender.subscribe())
+            // An event without a type is the end (Feed::close): whatever
+            // was sent before it has been delivered.
+            .take_while(|item| item.as_ref().map_or(true, |e| !e.r#type.is_empty()))
+            .filter_map(move |item| match item {
                 Ok(event) if types.is_empty() || types.contains(&event.r#type) => {
                     Some(Ok(pb::Event::clone(&event)))
                 }
@@ -84,24 +93,65 @@ impl Events for Service {
     }
 }
 
-/// Binds `addr` and serves in the background; returns the bound address.
-pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
-    let service = EventsServer::new(Service { feed, metrics });
-    crate::server::spawn(
+/// The running server, to be stopped once the last event was sent.
+pub struct Server {
+    pub addr: SocketAddr,
+    feed: Feed,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How long stopping waits for subscribers to read what is left.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Server {
+    /// Ends every subscriber's stream after the events already sent (so
+    /// those owed at shutdown are delivered, as to the output file), then
+    /// waits a moment for the streams to drain.
+    pub fn finish(self) {
+        self.feed.close();
+        let _ = self.stop.send(());
+        let start = Instant::now();
+        while !self.thread.is_finished() && start.elapsed() < DRAIN_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.thread.is_finished() {
+            tracing::warn!("gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them");
+        }
+    }
+}
+
+/// Binds `addr` and serves in the background.
+pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+    let service = EventsServer::new(Service {
+        feed: feed.clone(),
+        metrics,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, thread) = crate::server::spawn(
         addr,
         "gRPC stream",
         "--grpc-listen",
         |listener| async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let shutdown = async {
+                let _ = stopped.await;
+            };
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(incoming)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
             {
                 tracing::error!("the gRPC stream stopped: {e}");
             }
         },
-    )
+    )?;
+    Ok(Server {
+        addr,
+        feed,
+        stop,
+        thread,
+    })
 }
 
 #[cfg(test)]

@@ -29,11 +29,13 @@ pub fn serve(
         .route("/status", get(status_json))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { status, metrics });
-    crate::server::spawn(addr, "HTTP API", "--listen", |listener| async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the HTTP API stopped: {e}");
-        }
-    })
+    let (bound, _thread) =
+        crate::server::spawn(addr, "HTTP API", "--listen", |listener| async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the HTTP API stopped: {e}");
+            }
+        })?;
+    Ok(bound)
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

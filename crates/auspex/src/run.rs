@@ -58,14 +58,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
-    let feed = match args.grpc_listen.0 {
+    let (feed, grpc) = match args.grpc_listen.0 {
         Some(addr) => {
             let feed = Feed::new();
-            let bound = crate::grpc::serve(addr, feed.clone(), Arc::clone(&metrics))?;
-            tracing::info!("gRPC event stream on http://{bound} (auspex.v1.Events/Subscribe)");
-            Some(feed)
+            let server = crate::grpc::serve(addr, feed.clone(), Arc::clone(&metrics))?;
+            tracing::info!(
+                "gRPC event stream on http://{} (auspex.v1.Events/Subscribe)",
+                server.addr
+            );
+            (Some(feed), Some(server))
         }
-        None => None,
+        None => (None, None),
     };
     let mut features = features::probe_all(
         args.btf.as_deref(),
@@ -124,6 +127,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     })?;
     agent.pipeline.write_deltas();
     agent.pipeline.sink.flush();
+    if let Some(server) = grpc {
+        server.finish();
+    }
     let drops = collector.drops()?;
     drop(collector);
 

@@ -9,13 +9,13 @@ use anyhow::Context;
 
 /// Binds `addr` now (so a taken port is an error at start, naming `flag`)
 /// and runs `serve` on it in the background. Returns the bound address
-/// (useful when the port was 0).
+/// (useful when the port was 0) and the thread.
 pub fn spawn<F, Fut>(
     addr: SocketAddr,
     what: &str,
     flag: &str,
     serve: F,
-) -> anyhow::Result<SocketAddr>
+) -> anyhow::Result<(SocketAddr, std::thread::JoinHandle<()>)>
 where
     F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -24,7 +24,7 @@ where
         .with_context(|| format!("cannot listen on {addr} for the {what} ({flag})"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(flag.trim_start_matches("--").into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -37,5 +37,5 @@ where
                 serve(listener).await
             });
         })?;
-    Ok(bound)
+    Ok((bound, thread))
 }

@@ -34,7 +34,7 @@ fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
         .enable_all()
         .build()
         .unwrap();
-    let (exec, others) = runtime.block_on(async {
+    let (exec, others, mut stream) = runtime.block_on(async {
         let mut client = EventsClient::connect(addr).await.unwrap();
         let mut stream = client
             .subscribe(SubscribeRequest {
@@ -67,7 +67,7 @@ fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
                 others.push(event.r#type.clone());
             }
             if value["process"]["pid"] == pid {
-                return (value, others);
+                return (value, others, stream);
             }
         }
     });
@@ -84,8 +84,18 @@ fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
         exec["process"]["pid"].as_u64().unwrap() as u32,
     );
     assert_eq!(written, exec);
+    // Stopping ends the stream cleanly, after what was still owed.
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
+    runtime.block_on(async {
+        loop {
+            match tokio::time::timeout(deadline(), stream.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => break,
+                other => panic!("the stream did not end cleanly: {other:?}\n{stderr:?}"),
+            }
+        }
+    });
 }
 
 #[test]
