@@ -108,6 +108,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let (method, mut collector) = agent.choose(args, &features)?;
     agent.log_diagnostics();
     agent.scrape(method, collector.as_mut());
+    // Ready only now: the scrape told the probes who owns the listeners
+    // that predate them, without which their connections have no owner.
+    agent.set_ready(None);
     for d in collector.degraded() {
         tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
     }
@@ -187,8 +190,8 @@ impl Agent {
             match result {
                 Ok(collector) => {
                     self.metrics.set_method(method.name());
-                    self.set_ready(None);
                     let mut s = self.status.lock().unwrap();
+                    s.not_ready_reason = Some("reading what exists already".into());
                     s.method = Some(method.name());
                     s.degraded = collector.degraded();
                     return Ok((method.name(), collector));
