@@ -65,15 +65,14 @@ def target_dir() -> Path:
     return Path(json.loads(meta)["target_directory"])
 
 
-def shared_dirs():
+def shared_dirs(target: Path):
     """What the guest needs at its own path: the repository and the build."""
-    target = target_dir()
     return [REPO] if target.is_relative_to(REPO) else [REPO, target]
 
 
-def host_binaries():
+def host_binaries(target: Path):
     """Builds the agent and the test binary the guests run (the host's
-    debug build, shared with the guest)."""
+    debug build in `target`, shared with the guest)."""
     subprocess.run(["cargo", "build", "--locked", "-q", "-p", "auspex"], cwd=REPO, check=True)
     out = subprocess.run(
         ["cargo", "test", "--locked", "-q", "-p", "auspex", "--test", "any_kernel",
@@ -83,7 +82,7 @@ def host_binaries():
         msg = json.loads(line)
         if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
                 and msg["target"]["name"] == "any_kernel":
-            return target_dir() / "debug/auspex", Path(msg["executable"])
+            return target / "debug/auspex", Path(msg["executable"])
     raise RuntimeError("cargo did not report the any_kernel test binary")
 
 
@@ -98,7 +97,7 @@ AUSPEX_TEST_STATUS_FILE=/run/km/status.json {tests} --test-threads=1
 """
 
 
-def run_kernel(label, kernel, agent, tests, timeout):
+def run_kernel(label, kernel, agent, tests, dirs, timeout):
     results = RESULTS / label
     for f in ("check.json", "status.json", "console.log"):
         (results / f).unlink(missing_ok=True)
@@ -109,7 +108,7 @@ def run_kernel(label, kernel, agent, tests, timeout):
         row["why"] = f"kernel not available: {kernel}"
         return row, ""
     row["release"] = (kernel / "release").read_text().strip()
-    boot = vm.boot(kernel, guest_script(label, agent, tests), results, shared_dirs(), timeout)
+    boot = vm.boot(kernel, guest_script(label, agent, tests), results, dirs, timeout)
     (results / "console.log").write_text(boot.console)
     row["seconds"] = boot.seconds
     check = read_json(results / "check.json")
@@ -152,12 +151,14 @@ def table(rows):
 def cmd_run(args):
     start = time.monotonic()
     labels = args.labels or kernels.LABELS
-    agent, tests = host_binaries()
+    target = target_dir()
+    agent, tests = host_binaries(target)
     prepared = prepare(labels)
     kernels.log(f"kernels ready after {time.monotonic() - start:.0f} s; booting {len(labels)}")
     rows = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_kernel, label, prepared[label], agent, tests, args.timeout):
+        futures = {pool.submit(run_kernel, label, prepared[label], agent, tests,
+                               shared_dirs(target), args.timeout):
                    label for label in labels}
         for f in concurrent.futures.as_completed(futures):
             label = futures[f]
@@ -194,9 +195,10 @@ def cmd_boot(args):
     kernel = prepare([args.label])[args.label]
     if isinstance(kernel, Exception):
         raise kernel
-    agent = target_dir() / "debug/auspex"
+    target = target_dir()
+    agent = target / "debug/auspex"
     command = args.command or f"{agent} check"
-    boot = vm.boot(kernel, f"cd {REPO}\n{command}\n", RESULTS / args.label, shared_dirs(),
+    boot = vm.boot(kernel, f"cd {REPO}\n{command}\n", RESULTS / args.label, shared_dirs(target),
                    args.timeout)
     print(boot.console, end="")
     kernels.log(f"{args.label}: exit status {boot.status} after {boot.seconds:.0f} s")

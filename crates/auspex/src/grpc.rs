@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auspex_events::Event;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
@@ -43,15 +42,18 @@ impl Feed {
         let _ = self.sender.send(Arc::new(pb::Event::default()));
     }
 
-    /// Hands `event` to the current subscribers; costs nothing without any.
-    pub fn send(&self, event: &Event) {
-        if self.sender.receiver_count() == 0 {
-            return;
-        }
-        let json = serde_json::to_string(event).expect("events serialise");
+    /// Whether anyone listens: without subscribers events are not even
+    /// serialised for the stream.
+    pub fn has_subscribers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    /// Hands an event, serialised as the output writes it, to the current
+    /// subscribers.
+    pub fn send_json(&self, kind: &str, json: String) {
         // An error only means the last subscriber left meanwhile.
         let _ = self.sender.send(Arc::new(pb::Event {
-            r#type: event.kind.name().to_string(),
+            r#type: kind.to_string(),
             json,
         }));
     }
@@ -157,7 +159,7 @@ pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use auspex_events::{EventKind, Process};
+    use auspex_events::{Event, EventKind, Process};
 
     fn exec(pid: u32) -> Event {
         let process = Process {
@@ -183,7 +185,8 @@ mod tests {
             let mut stream = service.subscribe(request).await.unwrap().into_inner();
             let sent = BACKLOG as u32 + 100;
             for pid in 0..sent {
-                feed.send(&exec(pid));
+                let json = serde_json::to_string(&exec(pid)).unwrap();
+                feed.send_json("process_exec", json);
             }
             // The first event still held is the 101st sent.
             let first = stream.next().await.unwrap().unwrap();

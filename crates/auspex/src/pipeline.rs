@@ -81,9 +81,14 @@ impl Pipeline {
                 r#type: event.kind.name().to_string(),
             })
             .inc();
-        self.sink.write(event);
-        if let Some(feed) = &self.feed {
-            feed.send(event);
+        match &self.feed {
+            // Serialised once for both sinks.
+            Some(feed) if feed.has_subscribers() => {
+                let json = serde_json::to_string(event).expect("events serialise");
+                self.sink.write_json(event.kind.name(), &json);
+                feed.send_json(event.kind.name(), json);
+            }
+            _ => self.sink.write(event),
         }
     }
 

@@ -42,8 +42,24 @@ impl JsonLines {
         let result = serde_json::to_writer(&mut self.out, event)
             .map_err(io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"));
+        self.count(event.kind.name(), result);
+    }
+
+    /// Writes an event already serialised (for another sink too).
+    pub fn write_json(&mut self, kind: &'static str, json: &str) {
+        if self.error.is_some() {
+            return;
+        }
+        let result = self
+            .out
+            .write_all(json.as_bytes())
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.count(kind, result);
+    }
+
+    fn count(&mut self, kind: &'static str, result: io::Result<()>) {
         match result {
-            Ok(()) => *self.written.entry(event.kind.name()).or_default() += 1,
+            Ok(()) => *self.written.entry(kind).or_default() += 1,
             Err(e) => self.error = Some(e),
         }
     }

@@ -12,19 +12,12 @@ mod common;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use common::{canonical, Agent};
+use common::{canonical, has_degraded, time_scale, Agent};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 fn expected_method() -> String {
     std::env::var("AUSPEX_EXPECT_METHOD").unwrap_or_else(|_| "core_bpf".to_string())
-}
-
-fn time_scale() -> u32 {
-    std::env::var("AUSPEX_TEST_TIME_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
 }
 
 /// `auspex run --method <method>` with the canary timeout scaled, and its
@@ -66,14 +59,6 @@ fn auto_agent() -> (Agent, Value) {
         assert_eq!(a["outcome"], "skipped", "{s:#}");
     }
     (agent, s)
-}
-
-fn has_degraded(status: &Value, feature: &str) -> bool {
-    status["degraded"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|d| d["feature"] == feature)
 }
 
 /// An exec with its exact arguments, its parent and uid, and its exit code.

@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{auspex_run, canonical, deadline, error_line, run_failing, Agent, AUSPEX};
+use common::{
+    auspex_run, canonical, deadline, error_line, has_degraded, run_failing, Agent, AUSPEX,
+};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -236,11 +238,19 @@ fn in_private_mount_namespace(script: &str) -> Command {
     command
 }
 
-/// Runs `auspex run ARGS` with the kernel's BTF hidden by a tmpfs in a
-/// private mount namespace.
+/// `auspex run` with the kernel's BTF hidden by a tmpfs in a private mount
+/// namespace.
+fn run_without_kernel_btf_command() -> Command {
+    in_private_mount_namespace("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"")
+}
+
+/// Runs `auspex run ARGS` with the kernel's BTF hidden (it must fail).
 fn run_without_kernel_btf(args: &[&str]) -> (i32, String) {
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --listen off \"$@\"";
-    run_failing(in_private_mount_namespace(script).args(args))
+    run_failing(
+        run_without_kernel_btf_command()
+            .args(["--listen", "off"])
+            .args(args),
+    )
 }
 
 const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vmlinux is missing: \
@@ -249,9 +259,10 @@ const NO_KERNEL_BTF: &str = "core_bpf (skipped): kernel BTF: /sys/kernel/btf/vml
 #[test]
 fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     // auto: core_bpf is skipped with the reason, and the next method runs.
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
-    let command = in_private_mount_namespace(script);
-    let agent = Agent::launch(command, &["--scan-interval", "0.5"]);
+    let agent = Agent::launch(
+        run_without_kernel_btf_command(),
+        &["--scan-interval", "0.5"],
+    );
     let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
     assert_eq!(s["method"], "ebpf", "{s:#}");
     assert_eq!(s["attempts"][0]["method"], "core_bpf", "{s:#}");
@@ -264,14 +275,7 @@ fn kernel_without_btf_skips_core_bpf_and_auto_moves_on() {
     assert_eq!(s["attempts"][1]["method"], "ebpf", "{s:#}");
     assert_eq!(s["attempts"][1]["outcome"], "active", "{s:#}");
     // Without any BTF, it runs without its CO-RE reads, and says so.
-    assert!(
-        s["degraded"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["feature"] == "core_reads"),
-        "{s:#}"
-    );
+    assert!(has_degraded(&s, "core_reads"), "{s:#}");
     // Without BTF, the legacy probe still sees processes: an exec with its
     // arguments (read from /proc) and its exit code.
     let mut child = Command::new("/bin/sh")
@@ -314,21 +318,13 @@ fn without_kernel_btf_a_btf_file_gives_ebpf_its_core_reads() {
     let dir = tempfile::tempdir().unwrap();
     let btf = dir.path().join("vmlinux.btf");
     std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
-    let script = "mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run \"$@\"";
     let agent = Agent::launch(
-        in_private_mount_namespace(script),
+        run_without_kernel_btf_command(),
         &["--method", "ebpf", "--btf", btf.to_str().unwrap()],
     );
     let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
     assert_eq!(s["method"], "ebpf", "{s:#}");
-    assert!(
-        !s["degraded"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["feature"] == "core_reads"),
-        "{s:#}"
-    );
+    assert!(!has_degraded(&s, "core_reads"), "{s:#}");
     let mut child = Command::new("/bin/sh")
         .args(["-c", "exit 4", "with-btf-file"])
         .spawn()

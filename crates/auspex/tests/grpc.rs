@@ -17,19 +17,10 @@ mod pb {
 use pb::events_client::EventsClient;
 use pb::SubscribeRequest;
 
-fn grpc_addr(agent: &Agent) -> String {
-    let text = agent.stderr_text();
-    text.split("gRPC event stream on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no gRPC address in the agent's log:\n{text}"))
-        .to_string()
-}
-
 #[test]
 fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
     let agent = Agent::start(&["--grpc-listen", "127.0.0.1:0"]);
-    let addr = grpc_addr(&agent);
+    let addr = agent.logged_after("gRPC event stream on ");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

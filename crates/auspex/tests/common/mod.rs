@@ -13,15 +13,28 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub const AUSPEX: &str = env!("CARGO_BIN_EXE_auspex");
-/// How long a test waits for what it expects: 15 s, times
-/// `AUSPEX_TEST_TIME_SCALE` (the kernel matrix sets it: emulated guests run
-/// many times slower).
-pub fn deadline() -> Duration {
-    let scale = std::env::var("AUSPEX_TEST_TIME_SCALE")
+/// How much slower than here the machine runs: `AUSPEX_TEST_TIME_SCALE`,
+/// 1 when unset (the kernel matrix sets it: emulated guests run many times
+/// slower).
+pub fn time_scale() -> u32 {
+    std::env::var("AUSPEX_TEST_TIME_SCALE")
         .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(1);
-    Duration::from_secs(15) * scale
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// How long a test waits for what it expects: 15 s, times the time scale.
+pub fn deadline() -> Duration {
+    Duration::from_secs(15) * time_scale()
+}
+
+/// Whether the agent's `/status` lists `feature` as degraded.
+pub fn has_degraded(status: &Value, feature: &str) -> bool {
+    status["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["feature"] == feature)
 }
 
 /// A running `auspex run --output FILE`, with its stderr collected.
@@ -77,14 +90,19 @@ impl Agent {
         agent
     }
 
-    /// Where the agent's HTTP API listens, from its log.
-    pub fn http_addr(&self) -> std::net::SocketAddr {
+    /// The word that follows `marker` in the agent's log.
+    pub fn logged_after(&self, marker: &str) -> String {
         let text = self.stderr_text();
-        text.split("HTTP API on http://")
+        text.split(marker)
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP address in the agent's log:\n{text}"))
+            .unwrap_or_else(|| panic!("no {marker:?} in the agent's log:\n{text}"))
+            .to_string()
+    }
+
+    /// Where the agent's HTTP API listens, from its log.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.logged_after("HTTP API on http://").parse().unwrap()
     }
 
     /// GET `path` from the agent's HTTP API: (status code, body).
