@@ -357,7 +357,7 @@ fn proc_scan(reps: usize) -> anyhow::Result<String> {
         };
         Ok(t(u.user_time()) + t(u.system_time()))
     };
-    let mut scanner = auspex_proc::Scanner::new(auspex_proc::ProcReader::new());
+    let mut scanner = auspex_proc::Scanner::new(auspex_procfs::ProcReader::new());
     let c0 = cpu()?;
     scanner.scan(chrono::Utc::now());
     let first = cpu()? - c0;

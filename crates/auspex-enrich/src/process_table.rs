@@ -3,11 +3,9 @@
 //! execs carry their lineage.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use auspex_events::{Ancestor, Event, EventKind, Process};
-use auspex_proc::ProcReader;
+use auspex_procfs::ProcReader;
 
 use crate::container_id;
 
@@ -29,47 +27,19 @@ pub struct SystemProc {
     reader: ProcReader,
 }
 
-/// Finds the directory with inode `id` below `dir`, breadth first.
-fn find_cgroup(root: &Path, id: u64) -> Option<PathBuf> {
-    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
-    while let Some(dir) = queue.pop_front() {
-        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if entry.metadata().is_ok_and(|m| m.ino() == id) {
-                    return Some(entry.path());
-                }
-                queue.push_back(entry.path());
-            }
-        }
-    }
-    None
-}
-
 impl ProcFs for SystemProc {
     fn process(&self, pid: u32) -> Option<Process> {
-        procfs::process::Process::new(pid as i32).ok()?;
-        Some(self.reader.process(pid, pid))
+        self.reader
+            .exists(pid)
+            .then(|| self.reader.process(pid, pid))
     }
 
     fn cgroups(&self, pid: u32) -> Vec<String> {
-        let Ok(cgroups) = procfs::process::Process::new(pid as i32).and_then(|p| p.cgroups())
-        else {
-            return Vec::new();
-        };
-        let mut paths: Vec<(bool, String)> = cgroups
-            .0
-            .into_iter()
-            .map(|c| (c.hierarchy != 0, c.pathname))
-            .collect();
-        paths.sort_by_key(|(v1, _)| *v1);
-        paths.into_iter().map(|(_, p)| p).collect()
+        auspex_procfs::cgroup::paths(pid)
     }
 
     fn cgroup_path(&self, id: u64) -> Option<String> {
-        let root = self.reader.cgroup2_root()?;
-        let found = find_cgroup(root, id)?;
-        let relative = found.strip_prefix(root).ok()?;
-        Some(format!("/{}", relative.display()))
+        self.reader.cgroup_path(id)
     }
 }
 

@@ -4,8 +4,8 @@
 //! is safe Rust that never sees a BPF type.
 
 pub mod btf;
-mod cgroup;
 mod clock;
+mod collector;
 mod core_bpf;
 mod counters;
 pub mod decode;
@@ -23,7 +23,12 @@ pub mod testing;
 mod udp_sockets;
 mod wire;
 
+/// Where cgroup v2 is mounted (the socket hooks attach to its root): the
+/// one lookup, shared with the rest of Auspex.
+use auspex_procfs::cgroup;
+
 pub use clock::BootClock;
+pub use collector::{CoreBpfMethod, EbpfMethod};
 pub use core_bpf::{CoreBpf, Degraded, KernelDrops, ProbeConfig, ProbeStats};
 pub use error::ProbeError;
 pub use legacy_bpf::LegacyBpf;

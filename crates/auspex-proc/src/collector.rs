@@ -5,13 +5,37 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use auspex_collect::{Collector, Config, Degraded, Drops, Method, Need};
 use auspex_events::{Event, EventKind, ExitStatus, Process, TaskId};
+use auspex_procfs::ProcReader;
 use chrono::{DateTime, Utc};
 use nix::time::{clock_gettime, ClockId};
 
 use crate::connector::{Connector, ProcEvent, Stamped};
-use crate::procinfo::ProcReader;
 use crate::scan::Scanner;
+
+/// No BPF: the netlink process connector and /proc scans.
+pub struct ProcMethod;
+
+impl Method for ProcMethod {
+    fn name(&self) -> &'static str {
+        "proc"
+    }
+
+    fn needs(&self) -> &'static [Need] {
+        &[Need::ProcConnector]
+    }
+
+    fn start(&self, config: &Config) -> anyhow::Result<Box<dyn Collector>> {
+        let collector = ProcCollector::start(config.scan_interval)
+            .map_err(|e| anyhow::anyhow!("subscribing to the process connector failed: {e}"))?;
+        Ok(Box::new(collector))
+    }
+
+    fn canary_allowance(&self, config: &Config) -> Duration {
+        config.scan_interval
+    }
+}
 
 /// Processes whose details are remembered for their exit (when /proc no
 /// longer has them).
@@ -69,7 +93,7 @@ impl ProcCollector {
     }
 
     /// Waits up to `timeout` for process events, scanning when a scan is due.
-    pub fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> io::Result<()> {
+    fn receive(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> io::Result<()> {
         let wait = timeout.min(self.next_scan.saturating_duration_since(Instant::now()));
         match self.connector.receive(wait) {
             Ok(events) => {
@@ -171,5 +195,31 @@ impl ProcCollector {
             ProcEvent::Exit { .. } | ProcEvent::Ack { .. } => return None,
         };
         Some(Event::new(self.time(stamped.monotonic_ns), kind))
+    }
+}
+
+impl Collector for ProcCollector {
+    fn poll(&mut self, timeout: Duration, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        Ok(self.receive(timeout, on_event)?)
+    }
+
+    fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+        Ok(self.receive(Duration::ZERO, on_event)?)
+    }
+
+    fn drops(&self) -> anyhow::Result<Drops> {
+        Ok(vec![
+            ("proc_connector_overrun", self.stats.connector_overruns),
+            ("process_forgotten", self.stats.processes_forgotten),
+        ])
+    }
+
+    fn degraded(&self) -> Vec<Degraded> {
+        Vec::new()
+    }
+
+    /// Its first scan reports every socket, flagged `scraped`.
+    fn reports_existing_sockets(&self) -> bool {
+        true
     }
 }

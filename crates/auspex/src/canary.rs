@@ -1,9 +1,9 @@
 //! The self-check: the agent makes activity it must then see through the
 //! method it chose. An exec of its own binary carrying a random nonce, and
-//! a loopback TCP connection to a listener it opened. The events they cause
-//! are the agent's own business and never reach the user.
+//! a loopback TCP connection to a listener it opened. The pipeline keeps
+//! the events they cause from the user (pipeline/own.rs) and hands them
+//! here.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use auspex_events::{Event, EventKind, Protocol, Role};
 
-/// Set to make canaries look for a nonce that never comes: a test-only way to
-/// prove what happens when a method sees nothing. `heartbeat`: only the
-/// heartbeats miss; anything else: every canary.
-pub const FORCE_MISS_ENV: &str = "AUSPEX_TEST_CANARY_MISS";
+use crate::status::{now_secs, CheckResult};
 
 /// The hidden subcommand the canary execs.
 pub const SUBCOMMAND: &str = "canary";
@@ -36,13 +33,14 @@ pub struct Canary {
     process: Option<(Child, ChildStdin)>,
     _connection: Option<(TcpListener, TcpStream, TcpStream)>,
     expected_nonce: String,
-    exec_pid: u32,
+    pub exec_pid: u32,
     /// Port of the listener the TCP part connected to; None for a
     /// heartbeat, which only execs.
-    tcp_port: Option<u16>,
-    pub seen_exec: bool,
-    pub seen_tcp: bool,
-    pub started: Instant,
+    pub tcp_port: Option<u16>,
+    me: u32,
+    seen_exec: bool,
+    seen_tcp: bool,
+    started: Instant,
 }
 
 impl Canary {
@@ -50,9 +48,7 @@ impl Canary {
     /// lighter heartbeat.
     pub fn launch(with_tcp: bool) -> io::Result<Canary> {
         let nonce = nonce();
-        let force_miss =
-            std::env::var(FORCE_MISS_ENV).is_ok_and(|which| which != "heartbeat" || !with_tcp);
-        let expected_nonce = if force_miss {
+        let expected_nonce = if crate::hooks::canary_misses(!with_tcp) {
             format!("never-{nonce}")
         } else {
             nonce.clone()
@@ -84,18 +80,19 @@ impl Canary {
             expected_nonce,
             exec_pid,
             tcp_port,
+            me: std::process::id(),
             seen_exec: false,
             seen_tcp: false,
             started,
         })
     }
 
-    pub fn passed(&self) -> bool {
+    fn passed(&self) -> bool {
         self.seen_exec && (self.tcp_port.is_none() || self.seen_tcp)
     }
 
     /// What was not seen, for the reason of a miss.
-    pub fn missing(&self) -> String {
+    fn missing(&self) -> String {
         let mut missing = Vec::new();
         if !self.seen_exec {
             missing.push(format!("the exec of pid {} with its nonce", self.exec_pid));
@@ -106,7 +103,8 @@ impl Canary {
         missing.join(" and ")
     }
 
-    fn observe(&mut self, event: &Event, me: u32) {
+    /// Takes note of one of the agent's own events.
+    pub fn observe(&mut self, event: &Event) {
         match &event.kind {
             EventKind::ProcessExec { process } if process.pid == self.exec_pid => {
                 let nonce = &self.expected_nonce;
@@ -122,11 +120,45 @@ impl Canary {
                 if c.protocol == Protocol::Tcp
                     && c.role == Some(Role::Client)
                     && Some(c.remote.port) == self.tcp_port
-                    && c.process.as_ref().is_some_and(|p| p.pid == me) =>
+                    && c.process.as_ref().is_some_and(|p| p.pid == self.me) =>
             {
                 self.seen_tcp = true;
             }
             _ => {}
+        }
+    }
+
+    /// Passed, missed (after `timeout`), or `None` while still waiting.
+    pub fn verdict(&self, timeout: Duration) -> Option<CheckResult> {
+        let took = self.started.elapsed();
+        let result = |passed, detail| CheckResult {
+            passed,
+            detail,
+            duration_ms: took.as_millis() as u64,
+            at: now_secs(),
+        };
+        if self.passed() {
+            let what = match self.tcp_port {
+                Some(_) => "its exec and TCP connection",
+                None => "its exec",
+            };
+            Some(result(true, format!("saw {what} in {took:?}")))
+        } else if took > timeout {
+            let missing = self.missing();
+            Some(result(
+                false,
+                format!("did not see {missing} within {timeout:?}"),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The result when the wait was cut short.
+    pub fn interrupted(&self, why: String) -> CheckResult {
+        CheckResult {
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            ..CheckResult::failed(why)
         }
     }
 }
@@ -141,62 +173,53 @@ impl Drop for Canary {
     }
 }
 
-/// Recognises the events canaries cause, so that they are kept from the
-/// user, including those that arrive after the canary is over (exits,
-/// closes). Remembers the latest canaries only.
-#[derive(Debug, Default)]
-pub struct CanaryEvents {
-    recent: VecDeque<(u32, Option<u16>)>,
-    me: u32,
+/// The heartbeat: the exec part of the canary again every `every`, while
+/// the agent runs; a miss makes it not ready.
+pub struct Heartbeat {
+    every: Duration,
+    timeout: Duration,
+    next: Option<Instant>,
+    running: Option<Canary>,
 }
 
-const REMEMBERED: usize = 16;
-
-impl CanaryEvents {
-    pub fn new() -> Self {
-        CanaryEvents {
-            recent: VecDeque::new(),
-            me: std::process::id(),
+impl Heartbeat {
+    /// `every` zero: never.
+    pub fn new(every: Duration, timeout: Duration) -> Self {
+        Heartbeat {
+            every,
+            timeout,
+            next: (!every.is_zero()).then(|| Instant::now() + every),
+            running: None,
         }
     }
 
-    pub fn remember(&mut self, canary: &Canary) {
-        if self.recent.len() == REMEMBERED {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((canary.exec_pid, canary.tcp_port));
-    }
-
-    /// Whether `event` belongs to a canary; updates `running` with it.
-    pub fn claim(&self, event: &Event, running: Option<&mut Canary>) -> bool {
-        if let Some(canary) = running {
-            canary.observe(event, self.me);
-        }
-        match &event.kind {
-            EventKind::ProcessExec { process }
-            | EventKind::ProcessFork { process, .. }
-            | EventKind::ProcessExit { process, .. } => {
-                self.recent.iter().any(|(pid, _)| *pid == process.pid)
-            }
-            EventKind::ConnectionOpen(c) | EventKind::ConnectionClose(c) => {
-                c.process.as_ref().is_none_or(|p| p.pid == self.me)
-                    && self.recent.iter().any(|(_, port)| {
-                        port.is_some_and(|p| p == c.local.port || p == c.remote.port)
-                    })
-            }
-            EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => {
-                e.process.as_ref().is_none_or(|p| p.pid == self.me)
-                    && self
-                        .recent
-                        .iter()
-                        .any(|(_, port)| *port == Some(e.local.port))
-            }
-            EventKind::ConnectionsDelta(_) | EventKind::EndpointsDelta(_) => false,
+    pub fn observe(&mut self, own: &Event) {
+        if let Some(beat) = &mut self.running {
+            beat.observe(own);
         }
     }
-}
 
-/// How long a canary may take.
-pub fn timed_out(canary: &Canary, deadline: Duration) -> bool {
-    canary.started.elapsed() > deadline
+    /// Launches the next heartbeat when due (handing it to `remember`, so
+    /// that its events are known as the agent's own); returns the results
+    /// of those that are over.
+    pub fn tick(&mut self, remember: impl FnOnce(&Canary)) -> Vec<CheckResult> {
+        let mut results = Vec::new();
+        if let Some(over) = self.running.as_ref().and_then(|b| b.verdict(self.timeout)) {
+            results.push(over);
+            self.running = None;
+        }
+        if let Some(due) = self.next.filter(|due| Instant::now() >= *due) {
+            self.next = Some(due + self.every);
+            if self.running.is_none() {
+                match Canary::launch(false) {
+                    Ok(beat) => {
+                        remember(&beat);
+                        self.running = Some(beat);
+                    }
+                    Err(e) => results.push(CheckResult::failed(format!("could not start: {e}"))),
+                }
+            }
+        }
+        results
+    }
 }

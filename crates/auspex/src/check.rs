@@ -21,23 +21,15 @@ struct Report {
 }
 
 fn verdicts(features: &FeatureReport) -> Vec<MethodVerdict> {
-    let registered = methods::registered();
-    methods::KNOWN
+    methods::METHODS
         .iter()
-        .map(|name| match registered.iter().find(|m| m.name() == *name) {
-            Some(m) => {
-                let unmet = m.unmet(features);
-                MethodVerdict {
-                    method: m.name(),
-                    can_run: unmet.is_none(),
-                    reason: unmet,
-                }
+        .map(|m| {
+            let unmet = auspex_collect::unmet(*m, features);
+            MethodVerdict {
+                method: m.name(),
+                can_run: unmet.is_none(),
+                reason: unmet,
             }
-            None => MethodVerdict {
-                method: name,
-                can_run: false,
-                reason: Some("not available in this build yet".into()),
-            },
         })
         .collect()
 }

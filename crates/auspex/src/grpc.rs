@@ -14,6 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
+use crate::pipeline::sink::Sink;
 
 pub mod pb {
     tonic::include_proto!("auspex.v1");
@@ -24,14 +25,14 @@ use pb::events_server::{Events, EventsServer};
 /// Events a subscriber may fall behind by before it loses the oldest.
 const BACKLOG: usize = 4096;
 
-/// The sending side, held by the pipeline.
+/// The sending side.
 #[derive(Clone)]
-pub struct Feed {
+struct Feed {
     sender: broadcast::Sender<Arc<pb::Event>>,
 }
 
 impl Feed {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Feed {
             sender: broadcast::channel(BACKLOG).0,
         }
@@ -44,13 +45,13 @@ impl Feed {
 
     /// Whether anyone listens: without subscribers events are not even
     /// serialised for the stream.
-    pub fn has_subscribers(&self) -> bool {
+    fn has_subscribers(&self) -> bool {
         self.sender.receiver_count() > 0
     }
 
     /// Hands an event, serialised as the output writes it, to the current
     /// subscribers.
-    pub fn send_json(&self, kind: &str, json: String) {
+    fn send_json(&self, kind: &str, json: String) {
         // An error only means the last subscriber left meanwhile.
         let _ = self.sender.send(Arc::new(pb::Event {
             r#type: kind.to_string(),
@@ -95,36 +96,58 @@ impl Events for Service {
     }
 }
 
-/// The running server, to be stopped once the last event was sent.
+/// The running server: a sink of the pipeline, stopped once the last event
+/// was sent.
 pub struct Server {
     pub addr: SocketAddr,
     feed: Feed,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+    /// Taken when the stream ends.
+    running: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 /// How long stopping waits for subscribers to read what is left.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl Server {
+impl Sink for Server {
+    fn name(&self) -> &'static str {
+        "gRPC subscribers"
+    }
+
+    fn wants(&self) -> bool {
+        self.feed.has_subscribers()
+    }
+
+    fn write(&mut self, kind: &'static str, json: &str) -> std::io::Result<()> {
+        self.feed.send_json(kind, json.to_string());
+        Ok(())
+    }
+
     /// Ends every subscriber's stream after the events already sent (so
     /// those owed at shutdown are delivered, as to the output file), then
     /// waits a moment for the streams to drain.
-    pub fn finish(self) {
+    fn finish(&mut self) -> std::io::Result<()> {
+        let Some((stop, thread)) = self.running.take() else {
+            return Ok(());
+        };
         self.feed.close();
-        let _ = self.stop.send(());
+        let _ = stop.send(());
         let start = Instant::now();
-        while !self.thread.is_finished() && start.elapsed() < DRAIN_TIMEOUT {
+        while !thread.is_finished() && start.elapsed() < DRAIN_TIMEOUT {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !self.thread.is_finished() {
+        if !thread.is_finished() {
             tracing::warn!("gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them");
         }
+        Ok(())
     }
 }
 
 /// Binds `addr` and serves in the background.
-pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<Server> {
+    let feed = Feed::new();
     let service = EventsServer::new(Service {
         feed: feed.clone(),
         metrics,
@@ -151,8 +174,7 @@ pub fn serve(addr: SocketAddr, feed: Feed, metrics: Arc<Metrics>) -> anyhow::Res
     Ok(Server {
         addr,
         feed,
-        stop,
-        thread,
+        running: Some((stop, thread)),
     })
 }
 

@@ -1,17 +1,19 @@
 //! The Auspex node agent.
 
+#![forbid(unsafe_code)]
+
 mod canary;
 mod check;
 mod cli;
-mod collector;
+mod collect;
 mod grpc;
+mod hooks;
 mod http;
 mod methods;
 mod metrics;
 mod pipeline;
 mod run;
 mod server;
-mod sink;
 mod status;
 
 use std::io::IsTerminal;

@@ -10,9 +10,8 @@
 mod common;
 
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 
-use common::{canonical, has_degraded, time_scale, Agent};
+use common::{canonical, has_degraded, time_scale, Agent, HeldShell};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -63,16 +62,12 @@ fn auto_agent() -> (Agent, Value) {
 
 /// An exec with its exact arguments, its parent and uid, and its exit code.
 fn sees_a_process(agent: &Agent, status: &Value) {
-    // The sleep keeps the process alive long enough for a method that reads
-    // its details from /proc.
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 0.3; exit 7", "any-kernel"])
-        .spawn()
-        .unwrap();
-    child.wait().unwrap();
-    let pid = child.id();
-
+    // It lives until its exec was seen: a method that reads its details
+    // from /proc finds them.
+    let shell = HeldShell::spawn("exit 7", &["any-kernel"]);
+    let (pid, args) = (shell.pid(), shell.args.clone());
     let exec = agent.event("process_exec", pid);
+    assert_eq!(shell.release().code(), Some(7));
     // Without any BTF the legacy probe cannot resolve the path in the
     // kernel and reports it as execve was given it.
     let exe = if has_degraded(status, "core_reads") {
@@ -81,11 +76,7 @@ fn sees_a_process(agent: &Agent, status: &Value) {
         canonical("/bin/sh")
     };
     assert_eq!(exec["process"]["exe"], exe.as_str(), "{exec}");
-    assert_eq!(
-        exec["process"]["args"],
-        json!(["/bin/sh", "-c", "sleep 0.3; exit 7", "any-kernel"]),
-        "{exec}"
-    );
+    assert_eq!(exec["process"]["args"], json!(args), "{exec}");
     assert_eq!(exec["process"]["ppid"], std::process::id(), "{exec}");
     assert_eq!(exec["process"]["uid"], 0, "{exec}");
 

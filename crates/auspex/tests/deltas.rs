@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 
 use common::{Agent, AUSPEX};
@@ -58,11 +59,23 @@ fn two_hundred_connections(afterglow: &str) -> (Vec<Value>, Vec<Value>) {
             })
             .collect()
     };
-    agent.wait_until("the server side's connections are in a delta", |_| {
-        !entries("server").is_empty() && !entries("client").is_empty()
+    // A marker: one more connection, after all of them. Once both its
+    // ends are in a delta, every connection before it has been tracked
+    // and reported.
+    let marker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let marker_port = marker.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", marker_port)).unwrap();
+    drop((marker.accept().unwrap(), client, marker));
+    agent.wait_until("the marker connection is in a delta", |a| {
+        let sides: Vec<bool> = a
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "connections_delta")
+            .flat_map(|e| e["added"].as_array().unwrap().clone())
+            .map(|c| c["remote"]["port"] == marker_port || c["local"]["port"] == marker_port)
+            .collect();
+        sides.iter().filter(|marked| **marked).count() >= 2
     });
-    // One more delta interval, for stragglers.
-    std::thread::sleep(std::time::Duration::from_millis(800));
     let result = (entries("client"), entries("server"));
     assert!(
         agent

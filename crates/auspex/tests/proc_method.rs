@@ -5,7 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use common::{Agent, AUSPEX};
+use common::{Agent, HeldShell, AUSPEX};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -20,20 +20,13 @@ fn proc_agent() -> Agent {
 #[test]
 fn exec_and_exit_with_known_args_and_exit_code() {
     let agent = proc_agent();
-    // It lives long enough for /proc to be read: the proc method reads a
-    // process's details when it hears of it, not from the kernel event.
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", "sleep 0.5; exit 7", "name", "", "a b"])
-        .spawn()
-        .unwrap();
-    child.wait().unwrap();
-    let pid = child.id();
+    // It lives until its exec was seen: the proc method reads a process's
+    // details when it hears of it, not from the kernel event.
+    let shell = HeldShell::spawn("exit 7", &["name", "", "a b"]);
+    let (pid, args) = (shell.pid(), shell.args.clone());
     let exec = agent.event("process_exec", pid);
-    assert_eq!(
-        exec["process"]["args"],
-        json!(["/bin/sh", "-c", "sleep 0.5; exit 7", "name", "", "a b"]),
-        "{exec}"
-    );
+    assert_eq!(shell.release().code(), Some(7));
+    assert_eq!(exec["process"]["args"], json!(args), "{exec}");
     assert_eq!(
         exec["process"]["exe"],
         common::canonical("/bin/sh"),

@@ -45,6 +45,8 @@ pub struct Agent {
     stopped: bool,
     output: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Reads the agent's stderr until it closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -72,7 +74,7 @@ impl Agent {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&stderr);
         let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 lines.lock().unwrap().push(line.unwrap());
             }
@@ -82,6 +84,7 @@ impl Agent {
             stopped: false,
             output,
             stderr,
+            stderr_reader: Some(stderr_reader),
             _dir: dir,
         };
         agent.wait_until("the probe is attached", |a| {
@@ -203,10 +206,48 @@ impl Agent {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
         let status = self.child.wait().unwrap();
         self.stopped = true;
-        // Let the reader thread see EOF.
-        std::thread::sleep(Duration::from_millis(50));
+        // Every line, up to the end of the agent's stderr.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().unwrap();
+        }
         let lines = self.stderr.lock().unwrap().clone();
         (status, lines)
+    }
+}
+
+/// `/bin/sh -c SCRIPT ARGS...` that first waits for its stdin to close, so
+/// that it lives until the test has seen what it needs (a method that reads
+/// a process's details from /proc reads them when it hears of its exec):
+/// no fixed sleep, however slow the machine.
+pub struct HeldShell {
+    pub child: Child,
+    pub args: Vec<String>,
+}
+
+impl HeldShell {
+    /// The script runs after `read held`, which returns at end of file.
+    pub fn spawn(script: &str, args: &[&str]) -> HeldShell {
+        let script = format!("read held; {script}");
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        HeldShell { child, args: argv }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it run its script, and waits for it to end.
+    pub fn release(mut self) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap()
     }
 }
 

@@ -1,10 +1,11 @@
-//! What /proc says about a process, read at the moment of an event.
+//! What /proc says about a process, read at the moment it is asked.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use auspex_events::Process;
 use procfs::process::Process as ProcProcess;
+
+use crate::cgroup;
 
 /// Reads process details from /proc. Knows where cgroup v2 is mounted, to
 /// turn a cgroup path into the cgroup id the BPF methods report.
@@ -19,23 +20,31 @@ impl Default for ProcReader {
     }
 }
 
+/// Every process's pid, in ascending order (parents mostly before their
+/// children).
+pub fn all_pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = procfs::process::all_processes()
+        .map(|ps| ps.flatten().map(|p| p.pid as u32).collect())
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
 impl ProcReader {
     pub fn new() -> Self {
-        let cgroup2 = ProcProcess::myself()
-            .and_then(|p| p.mountinfo())
-            .ok()
-            .and_then(|mounts| {
-                mounts
-                    .into_iter()
-                    .find(|m| m.fs_type == "cgroup2" && m.root == "/")
-                    .map(|m| m.mount_point)
-            });
-        ProcReader { cgroup2 }
+        ProcReader {
+            cgroup2: cgroup::cgroup2_mount(),
+        }
     }
 
     /// Where cgroup v2 is mounted, if it is.
     pub fn cgroup2_root(&self) -> Option<&std::path::Path> {
         self.cgroup2.as_deref()
+    }
+
+    /// Whether the process exists now.
+    pub fn exists(&self, pid: u32) -> bool {
+        ProcProcess::new(pid as i32).is_ok()
     }
 
     /// The process `pid` as /proc shows it now, thread `tid`. Whatever cannot
@@ -62,18 +71,18 @@ impl ProcReader {
             process.args = Some(args);
             process.args_truncated = Some(false);
         }
-        process.cgroup_id = self.cgroup_id(&p).unwrap_or(0);
+        process.cgroup_id = self
+            .cgroup2
+            .as_deref()
+            .and_then(|root| cgroup::id_of(root, &p))
+            .unwrap_or(0);
         process
     }
 
-    /// The inode of the process's cgroup v2 directory: what the kernel
-    /// reports as the cgroup id.
-    fn cgroup_id(&self, p: &ProcProcess) -> Option<u64> {
-        let root = self.cgroup2.as_ref()?;
-        let cgroups = p.cgroups().ok()?;
-        let v2 = cgroups.0.iter().find(|c| c.hierarchy == 0)?;
-        let dir = root.join(v2.pathname.trim_start_matches('/'));
-        std::fs::metadata(dir).ok().map(|m| m.ino())
+    /// The path of the cgroup v2 directory whose id is `id`; `None` for the
+    /// root, an unknown id, or without cgroup v2.
+    pub fn cgroup_path(&self, id: u64) -> Option<String> {
+        cgroup::path_of(self.cgroup2.as_deref()?, id)
     }
 }
 
@@ -91,4 +100,33 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_reads_as_itself() {
+        let me = std::process::id();
+        let p = ProcReader::new().process(me, me);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_eq!(p.exe.as_deref(), Some(exe.to_str().unwrap()));
+        assert_eq!(
+            p.args.as_ref().map(Vec::len),
+            Some(std::env::args().count())
+        );
+        assert_eq!(p.ppid, std::os::unix::process::parent_id());
+        assert!(all_pids().contains(&me));
+    }
+
+    #[test]
+    fn a_process_that_is_gone_reads_as_empty() {
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let reader = ProcReader::new();
+        assert!(!reader.exists(pid));
+        assert_eq!(reader.process(pid, pid).exe, None);
+    }
 }

@@ -1,0 +1,235 @@
+//! The thread that reads the kernel. It owns the running collector (a BPF
+//! ring buffer is not `Send`: the thread that polls it must own it), polls
+//! it, and hands each decoded event to a bounded queue. It never waits on
+//! anything else: enrichment, which may wait on /proc, runs on the other
+//! side of the queue (the pipeline, on the run loop's thread). A full queue
+//! loses the event, counted as `enrich_queue_full`, rather than stalling
+//! the reader until the kernel's buffer fills (measured by
+//! `auspex-bench slow-proc`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use auspex_collect::{Collector, Config, Degraded, Drops, Method};
+use auspex_events::{Endpoint, Event};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+
+/// How long one poll may wait; bounds how late a stop request is noticed.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Events waiting for the pipeline at most. An event takes about 250 bytes
+/// here (plus its strings), and the queue's slots are allocated up front:
+/// 16,384 are about 4 MiB, a stall of 1.6 s at 10,000 events/s.
+const QUEUE_CAPACITY: usize = 16384;
+
+/// Events the run loop takes per poll at most before it looks at its timers.
+const BATCH: usize = 4096;
+
+/// How often the collector's drop counters are read (a BPF method reads
+/// per-CPU maps for them).
+const DROPS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the method said once it ran.
+pub struct Started {
+    pub degraded: Vec<Degraded>,
+    pub reports_existing_sockets: bool,
+}
+
+/// What the reader shares with the run loop.
+#[derive(Default)]
+struct Shared {
+    /// The collector's drops, as last read.
+    drops: Mutex<Drops>,
+    queue_full: AtomicU64,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Drops {
+        let mut drops = self.drops.lock().unwrap().clone();
+        drops.push(("enrich_queue_full", self.queue_full.load(Ordering::Relaxed)));
+        drops
+    }
+}
+
+type Seed = (Vec<Endpoint>, Sender<anyhow::Result<usize>>);
+
+/// The reading side of a running method, as the run loop holds it.
+pub struct Reader {
+    source: Source,
+    shared: Arc<Shared>,
+}
+
+enum Source {
+    Thread {
+        events: Receiver<Event>,
+        seeds: Sender<Seed>,
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<anyhow::Result<()>>,
+    },
+    /// The collector read on the run loop's thread, the pipeline right
+    /// behind it: the arrangement before the reader had a thread, kept for
+    /// `auspex-bench slow-proc` (chosen only by a test hook).
+    Inline(Box<dyn Collector>),
+}
+
+impl Reader {
+    /// Starts `method` on a thread of its own; returns once it runs, or
+    /// with the reason it cannot.
+    pub fn start(
+        method: &'static dyn Method,
+        config: &Config,
+    ) -> anyhow::Result<(Reader, Started)> {
+        let shared = Arc::new(Shared::default());
+        if crate::hooks::stages_on_reader() {
+            let collector = method.start(config)?;
+            let started = started(collector.as_ref(), &shared);
+            let source = Source::Inline(collector);
+            return Ok((Reader { source, shared }, started));
+        }
+        let (queue, events) = bounded(QUEUE_CAPACITY);
+        let (seeds, seed_requests) = crossbeam_channel::unbounded::<Seed>();
+        let (report, answer) = bounded(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("collector".into())
+            .spawn({
+                let (config, shared, stop) =
+                    (config.clone(), Arc::clone(&shared), Arc::clone(&stop));
+                move || {
+                    let mut collector = match method.start(&config) {
+                        Ok(c) => c,
+                        Err(e) => return report.send(Err(e)).map_err(|_| anyhow!("nobody waited")),
+                    };
+                    let _ = report.send(Ok(started(collector.as_ref(), &shared)));
+                    read(collector.as_mut(), &queue, &seed_requests, &shared, &stop)
+                }
+            })?;
+        match answer.recv() {
+            Ok(Ok(started)) => {
+                let source = Source::Thread {
+                    events,
+                    seeds,
+                    stop,
+                    thread,
+                };
+                Ok((Reader { source, shared }, started))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                joined(thread).context("the collector thread ended as it started")?;
+                Err(anyhow!("the collector thread ended as it started"))
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for events, then hands over those waiting (at
+    /// most a batch). Fails once the collector failed.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(Event),
+    ) -> anyhow::Result<()> {
+        let events = match &mut self.source {
+            Source::Inline(collector) => return collector.poll(timeout, on_event),
+            Source::Thread { events, .. } => events,
+        };
+        match events.recv_timeout(timeout) {
+            Ok(first) => on_event(first),
+            Err(RecvTimeoutError::Timeout) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the collector stopped")),
+        }
+        events.try_iter().take(BATCH).for_each(on_event);
+        Ok(())
+    }
+
+    /// Tells the method who owns the listeners that predate it.
+    pub fn seed_listeners(&mut self, endpoints: Vec<Endpoint>) -> anyhow::Result<usize> {
+        match &mut self.source {
+            Source::Inline(collector) => collector.seed_listeners(&endpoints),
+            Source::Thread { seeds, .. } => {
+                let (reply, answer) = bounded(1);
+                seeds.send((endpoints, reply))?;
+                answer.recv()?
+            }
+        }
+    }
+
+    /// Everything lost or incomplete so far, by cause.
+    pub fn drops(&self) -> Drops {
+        if let Source::Inline(collector) = &self.source {
+            *self.shared.drops.lock().unwrap() = collector.drops().unwrap_or_default();
+        }
+        self.shared.snapshot()
+    }
+
+    /// Stops the method, handing over what it still delivers (what the
+    /// kernel produced before the stop is owed to the user too), and
+    /// returns the final drops. Unloads the method.
+    pub fn stop(self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<Drops> {
+        match self.source {
+            Source::Inline(mut collector) => {
+                collector.drain(on_event)?;
+                *self.shared.drops.lock().unwrap() = collector.drops()?;
+            }
+            Source::Thread {
+                events,
+                stop,
+                thread,
+                ..
+            } => {
+                stop.store(true, Ordering::Relaxed);
+                // Ends when the thread has drained the collector and gone.
+                events.iter().for_each(on_event);
+                joined(thread)?;
+            }
+        }
+        Ok(self.shared.snapshot())
+    }
+}
+
+/// The thread's result.
+fn joined(thread: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    thread
+        .join()
+        .map_err(|_| anyhow!("the collector thread panicked"))?
+}
+
+fn started(collector: &dyn Collector, shared: &Shared) -> Started {
+    *shared.drops.lock().unwrap() = collector.drops().unwrap_or_default();
+    Started {
+        degraded: collector.degraded(),
+        reports_existing_sockets: collector.reports_existing_sockets(),
+    }
+}
+
+/// The collector thread: poll, queue, answer, until told to stop.
+fn read(
+    collector: &mut dyn Collector,
+    queue: &Sender<Event>,
+    seeds: &Receiver<Seed>,
+    shared: &Shared,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut push = |event| {
+        if let Err(TrySendError::Full(_)) = queue.try_send(event) {
+            shared.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let mut next_drops = Instant::now() + DROPS_INTERVAL;
+    while !stop.load(Ordering::Relaxed) {
+        collector.poll(POLL_INTERVAL, &mut push)?;
+        for (endpoints, reply) in seeds.try_iter() {
+            let _ = reply.send(collector.seed_listeners(&endpoints));
+        }
+        if Instant::now() >= next_drops {
+            *shared.drops.lock().unwrap() = collector.drops()?;
+            next_drops = Instant::now() + DROPS_INTERVAL;
+        }
+    }
+    collector.drain(&mut push)?;
+    *shared.drops.lock().unwrap() = collector.drops()?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The method selector: tries the methods in order until one runs and
+//! passes its self-check (canary.rs), and returns it running. A method that
+//! cannot run here is skipped with the reason; one that fails to start or
+//! misses its canary is unloaded, and the next is tried. Every attempt is
+//! reported (status.rs).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use auspex_collect::{Config, Method};
+use auspex_probe::features::FeatureReport;
+
+use super::reader::{Reader, Started, POLL_INTERVAL};
+use crate::canary::Canary;
+use crate::pipeline::Pipeline;
+use crate::status::{Attempt, CheckResult, Outcome, Reporter};
+
+/// What the command line asked for.
+pub struct Selection<'a> {
+    /// `auto`, or a method's name.
+    pub requested: &'a str,
+    pub config: Config,
+    pub canary_timeout: Duration,
+}
+
+/// A method that passed its self-check, running.
+pub struct Running {
+    pub method: &'static str,
+    pub reader: Reader,
+    /// The method's first reading reports the sockets that exist already.
+    pub reports_existing_sockets: bool,
+}
+
+/// The events the candidates deliver meanwhile go through `pipeline` (and
+/// are reported, except the canaries').
+pub fn select(
+    selection: &Selection,
+    features: &FeatureReport,
+    pipeline: &mut Pipeline,
+    reporter: &Reporter,
+    stop: &AtomicBool,
+) -> anyhow::Result<Running> {
+    let candidates = crate::methods::candidates(selection.requested)?;
+    for (i, method) in candidates.iter().enumerate() {
+        let begun = Instant::now();
+        let result = attempt(*method, selection, features, pipeline, reporter, stop);
+        let (outcome, reason) = match &result {
+            Ok(_) => (Outcome::Active, "self-check passed".to_string()),
+            Err((outcome, reason)) => (*outcome, reason.clone()),
+        };
+        let attempt = Attempt {
+            method: method.name(),
+            outcome,
+            reason,
+            duration_ms: begun.elapsed().as_millis() as u64,
+        };
+        reporter.attempt(attempt, candidates.get(i + 1).map_or("none", |m| m.name()));
+        if let Ok((reader, started)) = result {
+            reporter.chosen(method.name(), started.degraded);
+            return Ok(Running {
+                method: method.name(),
+                reader,
+                reports_existing_sockets: started.reports_existing_sockets,
+            });
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    reporter.log_diagnostics();
+    let attempts = reporter.attempts().join("; ");
+    match selection.requested {
+        "auto" => bail!("no collection method can run here: {attempts}"),
+        name => bail!("the {name} method cannot run here: {attempts}"),
+    }
+}
+
+/// Starts one method and proves it with the canary.
+fn attempt(
+    method: &'static dyn Method,
+    selection: &Selection,
+    features: &FeatureReport,
+    pipeline: &mut Pipeline,
+    reporter: &Reporter,
+    stop: &AtomicBool,
+) -> Result<(Reader, Started), (Outcome, String)> {
+    if let Some(unmet) = auspex_collect::unmet(method, features) {
+        return Err((Outcome::Skipped, unmet));
+    }
+    let (mut reader, started) = Reader::start(method, &selection.config)
+        .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
+    let timeout = selection.canary_timeout + method.canary_allowance(&selection.config);
+    let check = prove(&mut reader, pipeline, timeout, stop);
+    reporter.canary(&check);
+    if check.passed {
+        return Ok((reader, started));
+    }
+    // Unloads the method; what it saw until then is reported all the same.
+    let _ = reader.stop(&mut |e| {
+        pipeline.process(e);
+    });
+    Err((Outcome::CanaryMissed, check.detail))
+}
+
+/// Runs the full canary through `reader`, delivering every other event
+/// meanwhile.
+fn prove(
+    reader: &mut Reader,
+    pipeline: &mut Pipeline,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> CheckResult {
+    let mut canary = match Canary::launch(true) {
+        Ok(c) => c,
+        Err(e) => return CheckResult::failed(format!("could not start the self-check: {e}")),
+    };
+    pipeline.own_activity().remember(&canary);
+    loop {
+        let polled = reader.poll(POLL_INTERVAL, &mut |e| {
+            if let Some(own) = pipeline.process(e) {
+                canary.observe(&own);
+            }
+        });
+        pipeline.flush();
+        if let Err(e) = polled {
+            return canary.interrupted(format!("reading events failed: {e:#}"));
+        }
+        if let Some(verdict) = canary.verdict(timeout) {
+            return verdict;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return canary.interrupted("interrupted".into());
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The userspace half of the data path, one stage after the other, for
+//! each event a collector delivered (already decoded, by the collector):
+//!
+//! enrich (`auspex-enrich`: exe, args, container, lineage) → filter (the
+//! agent's own self-check activity, `own.rs`, handed back to the caller
+//! instead) → track (`auspex-track`, with `--report deltas`) → sinks
+//! (`sink.rs`: JSON lines, gRPC).
+//!
+//! It runs on the run loop's thread, never on the one that reads the kernel
+//! buffer: enrichment may wait on /proc (collect/reader.rs).
+
+mod own;
+pub mod sink;
+
+use std::collections::BTreeMap;
+
+use auspex_collect::Drops;
+use auspex_enrich::ProcessTable;
+use auspex_events::Event;
+use auspex_track::Tracker;
+use chrono::Utc;
+
+pub use own::OwnActivity;
+use sink::Sinks;
+
+/// Live processes remembered for enrichment.
+const PROCESS_TABLE_CAPACITY: usize = 65536;
+
+pub struct Pipeline {
+    enrich: ProcessTable<crate::hooks::Proc>,
+    own: OwnActivity,
+    /// The connection tracker, when deltas are reported.
+    track: Option<Tracker>,
+    /// Whether the raw events are written.
+    raw: bool,
+    sinks: Sinks,
+}
+
+impl Pipeline {
+    pub fn new(track: Option<Tracker>, raw: bool, sinks: Sinks) -> Self {
+        Pipeline {
+            enrich: ProcessTable::with_proc(PROCESS_TABLE_CAPACITY, crate::hooks::proc()),
+            own: OwnActivity::new(),
+            track,
+            raw,
+            sinks,
+        }
+    }
+
+    /// Takes one event through the stages. An event of the agent's own
+    /// self-check is not reported: it is returned, for the self-check.
+    pub fn process(&mut self, mut event: Event) -> Option<Event> {
+        // Before anything looks at it: the self-check recognises its own
+        // exec by arguments some methods get only from here.
+        self.enrich.apply(&mut event);
+        if self.own.claims(&event) {
+            return Some(event);
+        }
+        if let Some(track) = &mut self.track {
+            track.observe(&event);
+        }
+        if self.raw {
+            self.sinks.write(&event);
+        }
+        None
+    }
+
+    /// Where the events of the agent's own activity are recognised.
+    pub fn own_activity(&mut self) -> &mut OwnActivity {
+        &mut self.own
+    }
+
+    /// Writes the tracker's deltas, if it runs.
+    pub fn write_deltas(&mut self) {
+        if let Some(track) = &mut self.track {
+            for delta in &track.deltas(Utc::now()) {
+                self.sinks.write(delta);
+            }
+        }
+    }
+
+    /// After each batch, so that readers see events without waiting for a
+    /// buffer to fill.
+    pub fn flush(&mut self) {
+        self.sinks.flush();
+    }
+
+    /// Whether a sink failed: the run ends.
+    pub fn failed(&self) -> bool {
+        self.sinks.failed()
+    }
+
+    /// Events written so far, by type.
+    pub fn written(&self) -> &BTreeMap<&'static str, u64> {
+        self.sinks.written()
+    }
+
+    /// What the stages left out, by cause.
+    pub fn drops(&self) -> Drops {
+        let mut drops = vec![("process_table_evicted", self.enrich.evicted())];
+        if let Some(t) = self.track.as_ref().map(Tracker::stats) {
+            drops.push(("connection_rate_limited", t.rate_limited));
+            drops.push(("tracker_evicted", t.evicted));
+        }
+        drops
+    }
+
+    /// Ends every sink's stream after what was written; the first error a
+    /// sink met, if any.
+    pub fn finish(self) -> Option<(&'static str, std::io::Error)> {
+        self.sinks.finish()
+    }
+}
