@@ -26,15 +26,44 @@ pub const ENV_PREFIX: &str = "AUSPEX_";
 pub const CONFIG_ENV: &str = "AUSPEX_CONFIG";
 
 /// Whether an `AUSPEX_*` variable (its name lowercased, without the prefix)
-/// is left alone: the config file's name, the test suite's own settings
-/// (`AUSPEX_TEST_*`), and the service links Kubernetes adds for a Service
-/// named `auspex` (`AUSPEX_SERVICE_HOST`, `AUSPEX_PORT_8080_TCP`, ...): no
-/// run option has `port` or `service_host` in its name.
-fn not_an_option(key: &str) -> bool {
+/// is a run option. Other variables under the prefix are ignored, with a
+/// warning unless they are known not to be meant for the agent: the config
+/// file's name, the test suite's settings (`AUSPEX_TEST_*`) and the service
+/// links Kubernetes adds for a Service named `auspex` (`AUSPEX_SERVICE_HOST`,
+/// `AUSPEX_PORT_8080_TCP`, ...; no option has `port` or `service_host` in
+/// its name). Unlike a key in the config file, a variable is not addressed
+/// to the agent alone: the environment is shared with the scripts and
+/// platform that start it, so an unknown name is not an error.
+fn is_option(key: &str) -> bool {
+    option_keys().iter().any(|k| k == key)
+}
+
+fn meant_for_others(key: &str) -> bool {
     key == "config"
         || key.starts_with("test_")
         || key.contains("port")
         || key.contains("service_host")
+}
+
+/// The keys of every run option.
+fn option_keys() -> Vec<String> {
+    match serde_json::to_value(RunArgs::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => unreachable!("options serialise as a map"),
+    }
+}
+
+/// `AUSPEX_*` variables that are not options and look meant for the agent.
+fn unknown_variables() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.strip_prefix(ENV_PREFIX).is_some_and(|key| {
+                let key = key.to_ascii_lowercase();
+                !is_option(&key) && !meant_for_others(&key)
+            })
+        })
+        .collect()
 }
 
 /// The effective options of `auspex run`. Keys of the config file and the
@@ -126,8 +155,7 @@ fn figment(flags: &RunFlags) -> Figment {
     if let Some(path) = config_path(flags) {
         figment = figment.merge(Yaml::file_exact(path));
     }
-    let env =
-        Env::prefixed(ENV_PREFIX).filter(|key| !not_an_option(&key.as_str().to_ascii_lowercase()));
+    let env = Env::prefixed(ENV_PREFIX).filter(|key| is_option(&key.as_str().to_ascii_lowercase()));
     figment.merge(env).merge(CommandLine(flags))
 }
 
@@ -142,6 +170,11 @@ fn config_path(flags: &RunFlags) -> Option<PathBuf> {
 /// Resolves the options of `auspex run`; an error names the key, where its
 /// value came from, and (for a YAML syntax error) the line.
 pub fn resolve(flags: &RunFlags) -> anyhow::Result<RunArgs> {
+    for name in unknown_variables() {
+        tracing::warn!(
+            "ignoring the environment variable {name}: not a run option (see auspex run --help)"
+        );
+    }
     if let Some(path) = config_path(flags) {
         check_file(&path)?;
     }
@@ -186,14 +219,9 @@ fn explain(errors: figment::Error) -> String {
         .join("; ")
 }
 
-/// An unknown key names its variable when it came from the environment.
+/// An unknown key of the config file (the environment's are filtered out).
 fn unknown_key(metadata: Option<&Metadata>, key: &str) -> String {
-    let from_env = metadata.is_some_and(|m| m.name.contains("environment"));
     match metadata {
-        Some(_) if from_env => format!(
-            "environment variable {ENV_PREFIX}{}: not a run option (see auspex run --help)",
-            key.to_uppercase()
-        ),
         Some(m) => format!(
             "{}: unknown key `{key}` (see auspex run --help)",
             origin(m, &[] as &[&str])
