@@ -103,6 +103,10 @@ pub trait Collector {
     fn seed_listeners(&mut self, _endpoints: &[Endpoint]) -> anyhow::Result<usize> {
         Ok(0)
     }
+    /// The BTF file the method's probes were relocated against, if any.
+    fn relocated_against(&self) -> Option<PathBuf> {
+        None
+    }
     /// Whether the method reports the sockets that exist already itself (a
     /// scanning method's first scan); otherwise the startup scrape does.
     fn reports_existing_sockets(&self) -> bool {

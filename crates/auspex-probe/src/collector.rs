@@ -2,6 +2,7 @@
 //! how it starts, and the collection interface (`auspex-collect`) over the
 //! probes' own API. Also how the feature probes answer a method's needs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use auspex_collect::{Collector, Config, Degraded, Drops, Features, Method, Need};
@@ -114,7 +115,7 @@ fn degraded(parts: &[crate::Degraded]) -> Vec<Degraded> {
 
 /// The same interface over both probes' (identical) public API.
 macro_rules! bpf_collector {
-    ($probe:ty) => {
+    ($probe:ty, $btf:expr) => {
         impl Collector for $probe {
             fn poll(
                 &mut self,
@@ -141,12 +142,20 @@ macro_rules! bpf_collector {
             fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
                 Ok(<$probe>::seed_listeners(self, endpoints)?)
             }
+
+            fn relocated_against(&self) -> Option<PathBuf> {
+                $btf(self)
+            }
         }
     };
 }
 
-bpf_collector!(CoreBpf);
-bpf_collector!(LegacyBpf);
+bpf_collector!(CoreBpf, |p: &CoreBpf| Some(
+    p.relocated_against().to_path_buf()
+));
+bpf_collector!(LegacyBpf, |p: &LegacyBpf| p
+    .relocated_against()
+    .map(PathBuf::from));
 
 #[cfg(test)]
 mod tests {

@@ -9,19 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use auspex_collect::Config;
-use auspex_probe::btf::KERNEL_BTF;
-use auspex_probe::features::{self, Check};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::canary::Heartbeat;
-use crate::cli::{Report, RunArgs};
 use crate::collect::reader::POLL_INTERVAL;
 use crate::collect::{scrape, select, Reader, Selection};
+use crate::config::RunArgs;
 use crate::metrics::Metrics;
 use crate::pipeline::sink::{JsonLines, Sink, Sinks};
 use crate::pipeline::Pipeline;
-use crate::status::{summary, Reporter};
+use crate::reporter::{summary, Reporter};
 
 /// How often counters are copied into /status and /metrics.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,8 +33,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => Box::new(JsonLines::create(path)?),
         None => Box::new(JsonLines::stdout()),
     };
+    auspex_probe::btf::read_kernel_btf_at(&args.kernel_btf);
     let metrics = Arc::new(Metrics::new());
-    let reporter = Reporter::new(Arc::clone(&metrics));
+    let reporter = Reporter::new(Arc::clone(&metrics), args.termination_log.clone());
     if let Some(addr) = args.listen.0 {
         let bound = crate::http::serve(addr, reporter.shared(), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
@@ -51,28 +49,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         );
         sinks.push(Box::new(server));
     }
-    let raw = args.report != Report::Deltas;
-    let mut pipeline = Pipeline::new(tracker(args), raw, Sinks::new(sinks, Arc::clone(&metrics)));
-
-    let connector = Check::from_result(auspex_proc::probe_connector());
-    let mut features = features::probe_all(args.btf.as_deref(), connector);
-    crate::hooks::adjust(&mut features);
-    let btf_source = match &args.btf {
-        Some(path) => format!("file {}", path.display()),
-        None => format!("kernel {KERNEL_BTF}"),
-    };
-    reporter.starting(&args.method, btf_source, &features);
+    let mut pipeline = Pipeline::new(args, Sinks::new(sinks, Arc::clone(&metrics)));
     let started = Instant::now();
-    let selection = Selection {
-        requested: &args.method,
-        config: Config {
-            btf_file: args.btf.clone(),
-            ring_buffer_bytes: args.ring_buffer_size,
-            scan_interval: args.scan_interval,
-        },
-        canary_timeout: args.canary_timeout,
-    };
-    let mut running = select(&selection, &features, &mut pipeline, &reporter, &stop)?;
+    let mut running = select(&Selection::from(args), &mut pipeline, &reporter, &stop)?;
     reporter.log_diagnostics();
     scrape::report_existing(&mut running, &mut pipeline);
     // Ready only now: the scrape told the probes who owns the listeners
@@ -121,6 +100,7 @@ fn collect(
     let mut next_delta = Instant::now() + args.delta_interval;
     let mut next_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) && !pipeline.failed() {
+        reporter.beat();
         reader.poll(POLL_INTERVAL, &mut |e| {
             if let Some(own) = pipeline.process(e) {
                 heartbeat.observe(&own);
@@ -148,19 +128,4 @@ fn collect(
         &[reader.drops(), pipeline.drops()].concat(),
     );
     Ok(())
-}
-
-/// The connection tracker the arguments ask for, if deltas are reported.
-fn tracker(args: &RunArgs) -> Option<auspex_track::Tracker> {
-    (args.report != Report::Raw).then(|| {
-        auspex_track::Tracker::new(auspex_track::TrackerConfig {
-            afterglow: args.afterglow,
-            rate_limit_per_minute: args.connection_rate_limit,
-            capacity: 65536,
-            normaliser: auspex_track::Normaliser {
-                aggregate_public: args.aggregate_public,
-                never_aggregate: args.never_aggregate.clone(),
-            },
-        })
-    })
 }

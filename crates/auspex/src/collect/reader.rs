@@ -36,6 +36,8 @@ const DROPS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Started {
     pub degraded: Vec<Degraded>,
     pub reports_existing_sockets: bool,
+    /// The BTF its probes were relocated against, if any.
+    pub btf: Option<std::path::PathBuf>,
 }
 
 /// What the reader shares with the run loop.
@@ -202,6 +204,7 @@ fn started(collector: &dyn Collector, shared: &Shared) -> Started {
     Started {
         degraded: collector.degraded(),
         reports_existing_sockets: collector.reports_existing_sockets(),
+        btf: collector.relocated_against(),
     }
 }
 

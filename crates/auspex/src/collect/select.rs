@@ -4,17 +4,20 @@
 //! misses its canary is unloaded, and the next is tried. Every attempt is
 //! reported (status.rs).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use auspex_collect::{Config, Method};
-use auspex_probe::features::FeatureReport;
+use auspex_probe::features::{self, Check, FeatureReport};
 
 use super::reader::{Reader, Started, POLL_INTERVAL};
 use crate::canary::Canary;
+use crate::config::RunArgs;
 use crate::pipeline::Pipeline;
-use crate::status::{Attempt, CheckResult, Outcome, Reporter};
+use crate::reporter::Reporter;
+use crate::status::{Attempt, BtfUsed, CheckResult, Outcome};
 
 /// What the command line asked for.
 pub struct Selection<'a> {
@@ -22,6 +25,23 @@ pub struct Selection<'a> {
     pub requested: &'a str,
     pub config: Config,
     pub canary_timeout: Duration,
+    /// Where the kernel's BTF is read, for the report.
+    pub kernel_btf: &'a Path,
+}
+
+impl<'a> From<&'a RunArgs> for Selection<'a> {
+    fn from(args: &'a RunArgs) -> Self {
+        Selection {
+            requested: &args.method,
+            config: Config {
+                btf_file: args.btf.clone(),
+                ring_buffer_bytes: args.ring_buffer_size,
+                scan_interval: args.scan_interval,
+            },
+            canary_timeout: args.canary_timeout,
+            kernel_btf: &args.kernel_btf,
+        }
+    }
 }
 
 /// A method that passed its self-check, running.
@@ -36,15 +56,22 @@ pub struct Running {
 /// are reported, except the canaries').
 pub fn select(
     selection: &Selection,
-    features: &FeatureReport,
     pipeline: &mut Pipeline,
     reporter: &Reporter,
     stop: &AtomicBool,
 ) -> anyhow::Result<Running> {
+    let connector = Check::from_result(auspex_proc::probe_connector());
+    let mut features = features::probe_all(selection.config.btf_file.as_deref(), connector);
+    crate::hooks::adjust(&mut features);
+    let btf_source = match &selection.config.btf_file {
+        Some(path) => format!("file {}", path.display()),
+        None => format!("kernel {}", selection.kernel_btf.display()),
+    };
+    reporter.starting(selection.requested, btf_source, &features);
     let candidates = crate::methods::candidates(selection.requested)?;
     for (i, method) in candidates.iter().enumerate() {
         let begun = Instant::now();
-        let result = attempt(*method, selection, features, pipeline, reporter, stop);
+        let result = attempt(*method, selection, &features, pipeline, reporter, stop);
         let (outcome, reason) = match &result {
             Ok(_) => (Outcome::Active, "self-check passed".to_string()),
             Err((outcome, reason)) => (*outcome, reason.clone()),
@@ -57,7 +84,8 @@ pub fn select(
         };
         reporter.attempt(attempt, candidates.get(i + 1).map_or("none", |m| m.name()));
         if let Ok((reader, started)) = result {
-            reporter.chosen(method.name(), started.degraded);
+            let btf = btf_used(started.btf.as_deref(), &selection.config);
+            reporter.chosen(method.name(), started.degraded, btf);
             return Ok(Running {
                 method: method.name(),
                 reader,
@@ -91,7 +119,7 @@ fn attempt(
     let (mut reader, started) = Reader::start(method, &selection.config)
         .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
     let timeout = selection.canary_timeout + method.canary_allowance(&selection.config);
-    let check = prove(&mut reader, pipeline, timeout, stop);
+    let check = prove(&mut reader, pipeline, timeout, reporter, stop);
     reporter.canary(&check);
     if check.passed {
         return Ok((reader, started));
@@ -109,6 +137,7 @@ fn prove(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
     timeout: Duration,
+    reporter: &Reporter,
     stop: &AtomicBool,
 ) -> CheckResult {
     let mut canary = match Canary::launch(true) {
@@ -117,6 +146,7 @@ fn prove(
     };
     pipeline.own_activity().remember(&canary);
     loop {
+        reporter.beat();
         let polled = reader.poll(POLL_INTERVAL, &mut |e| {
             if let Some(own) = pipeline.process(e) {
                 canary.observe(&own);
@@ -133,4 +163,16 @@ fn prove(
             return canary.interrupted("interrupted".into());
         }
     }
+}
+
+/// The BTF the method was relocated against, with its checksum.
+fn btf_used(path: Option<&Path>, config: &Config) -> Option<BtfUsed> {
+    let path = path?;
+    let origin = match config.btf_file.as_deref() == Some(path) {
+        true => "file",
+        false => "kernel",
+    };
+    BtfUsed::read(path, origin)
+        .inspect_err(|e| tracing::warn!("cannot checksum {}: {e}", path.display()))
+        .ok()
 }

@@ -20,6 +20,8 @@ use auspex_events::Event;
 use auspex_track::Tracker;
 use chrono::Utc;
 
+use crate::config::{Report, RunArgs};
+
 pub use own::OwnActivity;
 use sink::Sinks;
 
@@ -37,12 +39,25 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(track: Option<Tracker>, raw: bool, sinks: Sinks) -> Self {
+    /// The stages `args` ask for (raw events, deltas, or both), writing
+    /// to `sinks`.
+    pub fn new(args: &RunArgs, sinks: Sinks) -> Self {
+        let track = (args.report != Report::Raw).then(|| {
+            Tracker::new(auspex_track::TrackerConfig {
+                afterglow: args.afterglow,
+                rate_limit_per_minute: args.connection_rate_limit,
+                capacity: 65536,
+                normaliser: auspex_track::Normaliser {
+                    aggregate_public: args.aggregate_public,
+                    never_aggregate: args.never_aggregate.clone(),
+                },
+            })
+        });
         Pipeline {
             enrich: ProcessTable::with_proc(PROCESS_TABLE_CAPACITY, crate::hooks::proc()),
             own: OwnActivity::new(),
             track,
-            raw,
+            raw: args.report != Report::Deltas,
             sinks,
         }
     }

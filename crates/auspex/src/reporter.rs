@@ -1,0 +1,209 @@
+//! The one way to change what the agent tells about itself: each change
+//! to /status, the metrics, the log and the termination log, in one place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use auspex_collect::{Degraded, Drops};
+use auspex_probe::features::FeatureReport;
+
+use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
+use crate::status::{Attempt, BtfUsed, CheckResult, Liveness, Outcome, SharedStatus, Status};
+
+/// Every change to what the agent tells about itself, each in one place.
+pub struct Reporter {
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    liveness: Liveness,
+    /// Where the pod's status is written (termination.rs).
+    termination_log: PathBuf,
+    /// Drop counts last added to the metrics (the collectors' are
+    /// cumulative, the metrics count increments).
+    published_drops: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Reporter {
+    pub fn new(metrics: Arc<Metrics>, termination_log: PathBuf) -> Self {
+        Reporter {
+            status: SharedStatus::default(),
+            metrics,
+            liveness: Liveness::default(),
+            termination_log,
+            published_drops: Mutex::default(),
+        }
+    }
+
+    /// For the HTTP API, which reads them.
+    pub fn shared(&self) -> (SharedStatus, Liveness) {
+        (Arc::clone(&self.status), self.liveness.clone())
+    }
+
+    /// The run loop turned (for /live).
+    pub fn beat(&self) {
+        self.liveness.beat();
+    }
+
+    fn update<T>(&self, change: impl FnOnce(&mut Status) -> T) -> T {
+        // The only lock site.
+        change(&mut self.status.lock().unwrap())
+    }
+
+    pub fn starting(&self, requested: &str, btf_source: String, features: &FeatureReport) {
+        self.update(|s| {
+            s.method_requested = requested.to_string();
+            s.btf_source = btf_source;
+            s.features = Some(features.clone());
+            s.not_ready_reason = Some("choosing a collection method".into());
+        });
+    }
+
+    pub fn canary(&self, check: &CheckResult) {
+        self.update(|s| s.canary = Some(check.clone()));
+    }
+
+    /// One method tried; when it was given up, for `next`.
+    pub fn attempt(&self, attempt: Attempt, next: &str) {
+        if attempt.outcome != Outcome::Active {
+            tracing::warn!(
+                method = attempt.method,
+                next,
+                "{}: {}",
+                attempt.outcome,
+                attempt.reason
+            );
+            self.metrics
+                .fallbacks
+                .get_or_create(&FallbackLabels {
+                    from: attempt.method.into(),
+                    to: next.into(),
+                    reason: attempt.outcome.label().into(),
+                })
+                .inc();
+        }
+        self.update(|s| s.attempts.push(attempt));
+    }
+
+    /// Every attempt so far, one line each, for an error message.
+    pub fn attempts(&self) -> Vec<String> {
+        self.update(|s| {
+            s.attempts
+                .iter()
+                .map(|a| format!("{} ({}): {}", a.method, a.outcome, a.reason))
+                .collect()
+        })
+    }
+
+    /// The method that runs, what it runs without, and the BTF it was
+    /// relocated against. A method given up for it is also written to the
+    /// termination log, so that the pod's status shows it (a fatal error
+    /// later overwrites it).
+    pub fn chosen(&self, method: &'static str, degraded: Vec<Degraded>, btf: Option<BtfUsed>) {
+        self.metrics.set_method(method);
+        for d in &degraded {
+            tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
+        }
+        if let Some(b) = &btf {
+            tracing::info!(
+                "BTF: {} ({}), sha256 {}",
+                b.path.display(),
+                b.origin,
+                b.sha256
+            );
+        }
+        let given_up = self.update(|s| {
+            s.not_ready_reason = Some("reading what exists already".into());
+            s.method = Some(method);
+            s.degraded = degraded;
+            s.btf = btf;
+            s.attempts.len().saturating_sub(1)
+        });
+        if given_up > 0 {
+            let reasons = self.attempts()[..given_up].join("; ");
+            let message = format!("running {method} after: {reasons}");
+            crate::termination::write(&self.termination_log, &message);
+        }
+    }
+
+    pub fn ready(&self, not_ready: Option<String>) {
+        self.metrics.ready.set(i64::from(not_ready.is_none()));
+        self.update(|s| {
+            s.ready = not_ready.is_none();
+            s.not_ready_reason = not_ready;
+        });
+    }
+
+    pub fn heartbeat(&self, check: CheckResult) {
+        if !check.passed {
+            tracing::warn!("heartbeat missed: {}", check.detail);
+            self.metrics.heartbeat_misses.inc();
+        }
+        self.ready((!check.passed).then(|| format!("heartbeat missed: {}", check.detail)));
+        self.update(|s| {
+            s.heartbeat.misses += u64::from(!check.passed);
+            s.heartbeat.last = Some(check);
+        });
+    }
+
+    /// Events written and everything lost or incomplete, into /status and
+    /// /metrics.
+    pub fn counters(&self, events: &BTreeMap<&'static str, u64>, drops: &Drops) {
+        let mut published = self.published_drops.lock().unwrap();
+        for (cause, value) in drops {
+            let last = published.insert(cause, *value).unwrap_or(0);
+            self.metrics
+                .drops
+                .get_or_create(&CauseLabel {
+                    cause: cause.to_string(),
+                })
+                .inc_by(value.saturating_sub(last));
+        }
+        self.update(|s| {
+            s.events = events.clone();
+            s.drops = drops.iter().copied().collect();
+        });
+    }
+
+    /// The startup diagnostics block: every attempt, its outcome and time.
+    pub fn log_diagnostics(&self) {
+        self.update(|s| {
+            tracing::info!(
+                "method selection (requested: {}; BTF: {}):",
+                s.method_requested,
+                s.btf_source
+            );
+            for a in &s.attempts {
+                tracing::info!(
+                    "  {}: {} after {} ms: {}",
+                    a.method,
+                    a.outcome,
+                    a.duration_ms,
+                    a.reason
+                );
+            }
+        });
+    }
+}
+
+/// The line `auspex run` prints on exit: events by type, and every loss.
+pub fn summary(
+    written: &BTreeMap<&'static str, u64>,
+    drops: &Drops,
+    processes_evicted: u64,
+    elapsed: std::time::Duration,
+) -> String {
+    let total: u64 = written.values().sum();
+    let by_type: Vec<String> = written.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let lost: u64 = drops.iter().map(|(_, v)| v).sum();
+    let by_cause: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(
+        "{total} events in {:.1} s ({}); dropped or incomplete {lost} ({}, processes forgotten {processes_evicted})",
+        elapsed.as_secs_f64(),
+        if by_type.is_empty() {
+            "none".to_string()
+        } else {
+            by_type.join(", ")
+        },
+        by_cause.join(", "),
+    )
+}
