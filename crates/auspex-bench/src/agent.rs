@@ -27,6 +27,17 @@ impl Agent {
     /// `ebpf-nobtf` is the ebpf method with the kernel's BTF hidden (a
     /// private mount namespace), as on a kernel built without it.
     pub fn start(binary: &Path, method: &str, output: &Path) -> anyhow::Result<Agent> {
+        Self::start_with(binary, method, output, &[], &[])
+    }
+
+    /// `start`, with more arguments and environment variables.
+    pub fn start_with(
+        binary: &Path,
+        method: &str,
+        output: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let mut command = match method.strip_suffix("-nobtf") {
             Some(_) => {
                 let mut c = Command::new("unshare");
@@ -50,6 +61,8 @@ impl Agent {
             ])
             .arg("--output")
             .arg(output)
+            .args(args)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
@@ -134,4 +147,26 @@ pub fn dropped(summary: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The count of one cause in a summary line (`cause N`), if it is there.
+pub fn cause(summary: &str, name: &str) -> Option<u64> {
+    let (_, rest) = summary.split_once(&format!("{name} "))?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Records the kernel could not queue because its buffer was full.
+pub fn kernel_drops(summary: &str) -> u64 {
+    [
+        "buffer_full_exec",
+        "buffer_full_fork",
+        "buffer_full_exit",
+        "buffer_full_network",
+    ]
+    .iter()
+    .filter_map(|c| cause(summary, c))
+    .sum()
 }

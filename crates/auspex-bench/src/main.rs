@@ -4,8 +4,10 @@
 //! agent reported; the agent's own CPU and memory; in-kernel time per
 //! program. `auspex-bench all --write docs/performance.md` regenerates the
 //! document.
+#![forbid(unsafe_code)]
 
 mod agent;
+mod slow_proc;
 mod workload;
 
 use std::fmt::Write as _;
@@ -43,6 +45,12 @@ enum Bench {
     Completeness {
         #[arg(long, default_value_t = 2000)]
         count: u32,
+        /// Runs per method and agent, alternating (medians).
+        #[arg(long, default_value_t = 1)]
+        reps: usize,
+        /// Another agent binary, run alternately with --agent.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// In-kernel time per BPF program (kernel.bpf_stats_enabled).
     KernelCost {
@@ -55,6 +63,10 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Whether a slow /proc makes the agent lose kernel records: its
+    /// pipeline on the reader's thread and behind its queue (needs an
+    /// agent built with `--features test-hooks`).
+    SlowProc(slow_proc::SlowProcArgs),
     /// One workload alone, pinned to CPU 0: ops/s (to measure by hand).
     Workload {
         #[arg(value_enum)]
@@ -87,6 +99,26 @@ struct OverheadArgs {
     methods: Vec<String>,
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
+    /// Another agent binary (an older build, say), run alternately with
+    /// --agent in the same reps.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+}
+
+/// A method's name in a table row, with the agent's label when there are two.
+fn labelled(method: &str, label: &str) -> String {
+    match label.is_empty() {
+        true => method.to_string(),
+        false => format!("{method} ({label})"),
+    }
+}
+
+/// The agents a run compares: the baseline first, if any.
+fn agents<'a>(agent: &'a Path, baseline: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
+    let mut agents: Vec<(&'static str, &Path)> =
+        baseline.map(|b| ("baseline", b)).into_iter().collect();
+    agents.push((if agents.is_empty() { "" } else { "this build" }, agent));
+    agents
 }
 
 const METHODS: [&str; 4] = ["core_bpf", "ebpf", "ebpf-nobtf", "proc"];
@@ -100,7 +132,9 @@ fn output_file(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("auspex-bench-{}-{tag}.jsonl", std::process::id()))
 }
 
-/// Overhead: per method and mode, (ops/s without, ops/s with), medians.
+/// Overhead: per method and mode, (ops/s without, ops/s with), medians;
+/// with a baseline, each rep runs without, with the baseline, with this
+/// build.
 fn overhead(binary: &Path, args: &OverheadArgs) -> anyhow::Result<String> {
     let mut cpus = CpuSet::new();
     cpus.set(0)?;
@@ -110,43 +144,50 @@ fn overhead(binary: &Path, args: &OverheadArgs) -> anyhow::Result<String> {
     } else {
         args.modes.clone()
     };
+    let agents = agents(binary, args.baseline.as_deref());
     let duration = Duration::from_secs_f64(args.seconds);
     let mut table = String::from(
         "| method | workload | without agent (ops/s) | with agent (ops/s) | ratio | cost per op |\n\
          |---|---|---|---|---|---|\n",
     );
     for method in &args.methods {
-        let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); modes.len()];
+        // [mode] -> (without, [agent] -> with)
+        let mut samples: Vec<(Vec<f64>, Vec<Vec<f64>>)> =
+            vec![(Vec::new(), vec![Vec::new(); agents.len()]); modes.len()];
         for rep in 0..args.reps {
             for (i, mode) in modes.iter().enumerate() {
                 samples[i].0.push(workload::run(*mode, duration));
             }
-            // Events go to /dev/null: this measures what observing costs the
-            // workload, not what storing 100,000s of events/s costs the disk.
-            let agent = Agent::start(binary, method, Path::new("/dev/null"))?;
-            for (i, mode) in modes.iter().enumerate() {
-                samples[i].1.push(workload::run(*mode, duration));
+            for (a, (_, agent_binary)) in agents.iter().enumerate() {
+                // Events go to /dev/null: this measures what observing costs
+                // the workload, not what storing 100,000s of events/s costs
+                // the disk.
+                let agent = Agent::start(agent_binary, method, Path::new("/dev/null"))?;
+                for (i, mode) in modes.iter().enumerate() {
+                    samples[i].1[a].push(workload::run(*mode, duration));
+                }
+                agent.stop()?;
             }
-            agent.stop()?;
             eprintln!("overhead: {method} rep {} of {} done", rep + 1, args.reps);
         }
         for (mode, (without, with)) in modes.iter().zip(samples) {
-            let (a, b) = (median(without), median(with));
-            let added_ns = 1e9 / b - 1e9 / a;
-            writeln!(
-                table,
-                "| {method} | {mode:?} | {a:.0} | {b:.0} | {:.3}× | {:+.0} ns |",
-                b / a,
-                added_ns
-            )?;
+            let a = median(without);
+            for ((label, _), with) in agents.iter().zip(with) {
+                let b = median(with);
+                let added_ns = 1e9 / b - 1e9 / a;
+                let method = labelled(method, label);
+                writeln!(
+                    table,
+                    "| {method} | {mode:?} | {a:.0} | {b:.0} | {:.3}× | {added_ns:+.0} ns |",
+                    b / a,
+                )?;
+            }
         }
     }
     Ok(table)
 }
 
 struct Counted {
-    method: &'static str,
-    generated: u32,
     execs: usize,
     tcp: usize,
     udp: usize,
@@ -196,8 +237,6 @@ fn completeness_of(binary: &Path, method: &'static str, count: u32) -> anyhow::R
         .collect();
     let count_of = |f: &dyn Fn(&Value) -> bool| events.iter().filter(|e| f(e)).count();
     Ok(Counted {
-        method,
-        generated: count,
         execs: count_of(&|e| {
             e["type"] == "process_exec"
                 && e["process"]["pid"]
@@ -217,26 +256,43 @@ fn completeness_of(binary: &Path, method: &'static str, count: u32) -> anyhow::R
     })
 }
 
-fn completeness(binary: &Path, count: u32) -> anyhow::Result<String> {
+/// Per method, each agent `reps` times, alternating; medians.
+fn completeness(
+    binary: &Path,
+    baseline: Option<&Path>,
+    count: u32,
+    reps: usize,
+) -> anyhow::Result<String> {
     let mut table = String::from(
         "| method | generated (each kind) | execs seen | TCP connections seen | UDP peers seen | dropped or incomplete | agent CPU | agent peak RSS |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
+    let agents = agents(binary, baseline);
     for method in METHODS {
-        let c = completeness_of(binary, method, count)?;
-        let pct = |n: usize| format!("{n} ({:.1} %)", 100.0 * n as f64 / f64::from(c.generated));
-        writeln!(
-            table,
-            "| {} | {} | {} | {} | {} | {} | {:.2} s | {:.1} MiB |",
-            c.method,
-            c.generated,
-            pct(c.execs),
-            pct(c.tcp),
-            pct(c.udp),
-            c.dropped.map_or("?".into(), |d| d.to_string()),
-            c.cost.cpu_seconds,
-            c.cost.peak_rss_kib as f64 / 1024.0
-        )?;
+        let mut runs: Vec<Vec<Counted>> = agents.iter().map(|_| Vec::new()).collect();
+        for _ in 0..reps {
+            for (a, (_, agent)) in agents.iter().enumerate() {
+                runs[a].push(completeness_of(agent, method, count)?);
+            }
+        }
+        for ((label, _), runs) in agents.iter().zip(runs) {
+            let m = |f: &dyn Fn(&Counted) -> f64| median(runs.iter().map(f).collect());
+            let pct = |n: f64| format!("{n:.0} ({:.1} %)", 100.0 * n / f64::from(count));
+            let dropped = match runs.iter().all(|c| c.dropped.is_some()) {
+                true => format!("{:.0}", m(&|c| c.dropped.unwrap_or(0) as f64)),
+                false => "?".into(),
+            };
+            let name = labelled(method, label);
+            writeln!(
+                table,
+                "| {name} | {count} | {} | {} | {} | {dropped} | {:.2} s | {:.1} MiB |",
+                pct(m(&|c| c.execs as f64)),
+                pct(m(&|c| c.tcp as f64)),
+                pct(m(&|c| c.udp as f64)),
+                m(&|c| c.cost.cpu_seconds),
+                m(&|c| c.cost.peak_rss_kib as f64) / 1024.0
+            )?;
+        }
         eprintln!("completeness: {method} done");
     }
     Ok(table)
@@ -410,9 +466,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let report = match &args.command {
         Bench::Overhead(o) => overhead(&args.agent, o)?,
-        Bench::Completeness { count } => completeness(&args.agent, *count)?,
+        Bench::Completeness {
+            count,
+            reps,
+            baseline,
+        } => completeness(&args.agent, baseline.as_deref(), *count, *reps)?,
         Bench::KernelCost { count } => kernel_cost(&args.agent, *count)?,
         Bench::ProcScan { reps } => proc_scan(*reps)?,
+        Bench::SlowProc(a) => slow_proc::slow_proc(&args.agent, a)?,
         Bench::Workload { mode, seconds } => {
             let mut cpus = CpuSet::new();
             cpus.set(0)?;
@@ -428,6 +489,7 @@ fn main() -> anyhow::Result<()> {
                     seconds: 0.5,
                     methods: METHODS.iter().map(|m| m.to_string()).collect(),
                     modes: Vec::new(),
+                    baseline: None,
                 },
             )?;
             let doc = format!(
@@ -464,7 +526,7 @@ fn main() -> anyhow::Result<()> {
                  updates with 10,000 active connections, memory per connection); see their \
                  output.\n",
                 machine(),
-                completeness(&args.agent, 2000)?,
+                completeness(&args.agent, None, 2000, 1)?,
                 kernel_cost(&args.agent, 2000)?,
                 proc_scan(3)?,
             );

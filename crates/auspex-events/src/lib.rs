@@ -3,6 +3,7 @@
 //!
 //! The JSON form (one object per line) is part of the output contract and is
 //! documented field by field in `docs/events.md`.
+#![forbid(unsafe_code)]
 
 use std::net::IpAddr;
 

@@ -2,6 +2,7 @@
 //! table of connections and endpoints reported as periodic deltas, the way
 //! an operator wants them. Pure safe Rust; time comes from the events and
 //! from the caller, so tests control the clock.
+#![forbid(unsafe_code)]
 
 mod normalise;
 mod tracker;
