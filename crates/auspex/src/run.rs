@@ -73,7 +73,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         pipeline.process(e);
     })?;
     pipeline.write_deltas();
-    let (written, evicted) = (pipeline.written().clone(), pipeline.drops()[0].1);
+    let (written, evicted) = (pipeline.written().clone(), pipeline.processes_evicted());
     let failure = pipeline.finish();
     eprintln!(
         "auspex: {}",
@@ -106,7 +106,9 @@ fn collect(
                 heartbeat.observe(&own);
             }
         })?;
-        pipeline.flush();
+        if reader.caught_up() {
+            pipeline.flush();
+        }
         for result in heartbeat.tick(|beat| pipeline.own_activity().remember(beat)) {
             reporter.heartbeat(result);
         }

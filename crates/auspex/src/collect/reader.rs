@@ -69,7 +69,8 @@ enum Source {
         events: Receiver<Event>,
         seeds: Sender<Seed>,
         stop: Arc<AtomicBool>,
-        thread: JoinHandle<anyhow::Result<()>>,
+        /// Taken when the thread is joined.
+        thread: Option<JoinHandle<anyhow::Result<()>>>,
     },
     /// The collector read on the run loop's thread, the pipeline right
     /// behind it: the arrangement before the reader had a thread, kept for
@@ -115,7 +116,7 @@ impl Reader {
                     events,
                     seeds,
                     stop,
-                    thread,
+                    thread: Some(thread),
                 };
                 Ok((Reader { source, shared }, started))
             }
@@ -134,17 +135,32 @@ impl Reader {
         timeout: Duration,
         on_event: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let events = match &mut self.source {
+        let (events, thread) = match &mut self.source {
             Source::Inline(collector) => return collector.poll(timeout, on_event),
-            Source::Thread { events, .. } => events,
+            Source::Thread { events, thread, .. } => (events, thread),
         };
         match events.recv_timeout(timeout) {
             Ok(first) => on_event(first),
             Err(RecvTimeoutError::Timeout) => return Ok(()),
-            Err(RecvTimeoutError::Disconnected) => return Err(anyhow!("the collector stopped")),
+            // The thread ended on its own: its error says why.
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = thread.take() {
+                    joined(thread)?;
+                }
+                return Err(anyhow!("the collector stopped"));
+            }
         }
         events.try_iter().take(BATCH).for_each(on_event);
         Ok(())
+    }
+
+    /// Whether every event delivered so far has been handed over: the end
+    /// of a batch, when the sinks are flushed.
+    pub fn caught_up(&self) -> bool {
+        match &self.source {
+            Source::Inline(_) => true,
+            Source::Thread { events, .. } => events.is_empty(),
+        }
     }
 
     /// Tells the method who owns the listeners that predate it.
@@ -185,7 +201,9 @@ impl Reader {
                 stop.store(true, Ordering::Relaxed);
                 // Ends when the thread has drained the collector and gone.
                 events.iter().for_each(on_event);
-                joined(thread)?;
+                if let Some(thread) = thread {
+                    joined(thread)?;
+                }
             }
         }
         Ok(self.shared.snapshot())

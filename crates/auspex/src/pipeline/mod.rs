@@ -110,9 +110,14 @@ impl Pipeline {
         self.sinks.written()
     }
 
+    /// Processes enrichment forgot because its table was full.
+    pub fn processes_evicted(&self) -> u64 {
+        self.enrich.evicted()
+    }
+
     /// What the stages left out, by cause.
     pub fn drops(&self) -> Drops {
-        let mut drops = vec![("process_table_evicted", self.enrich.evicted())];
+        let mut drops = vec![("process_table_evicted", self.processes_evicted())];
         if let Some(t) = self.track.as_ref().map(Tracker::stats) {
             drops.push(("connection_rate_limited", t.rate_limited));
             drops.push(("tracker_evicted", t.evicted));
