@@ -254,3 +254,122 @@ fn read(
     *shared.drops.lock().unwrap() = collector.drops()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use auspex_collect::Need;
+    use auspex_events::{EventKind, Process};
+
+    /// Delivers `BURST` events at its first poll, then nothing.
+    struct Burst;
+
+    const BURST: usize = QUEUE_CAPACITY + 1000;
+
+    impl Method for Burst {
+        fn name(&self) -> &'static str {
+            "burst"
+        }
+        fn needs(&self) -> &'static [Need] {
+            &[]
+        }
+        fn start(&self, _: &Config) -> anyhow::Result<Box<dyn Collector>> {
+            Ok(Box::new(BurstCollector { sent: false }))
+        }
+    }
+
+    struct BurstCollector {
+        sent: bool,
+    }
+
+    impl Collector for BurstCollector {
+        fn poll(
+            &mut self,
+            timeout: Duration,
+            on_event: &mut dyn FnMut(Event),
+        ) -> anyhow::Result<()> {
+            if std::mem::replace(&mut self.sent, true) {
+                std::thread::sleep(timeout);
+                return Ok(());
+            }
+            for pid in 0..BURST as u32 {
+                let process = Process {
+                    pid,
+                    ..Process::default()
+                };
+                let time = chrono::DateTime::from_timestamp(0, 0).unwrap();
+                on_event(Event::new(time, EventKind::ProcessExec { process }));
+            }
+            Ok(())
+        }
+        fn drain(&mut self, _: &mut dyn FnMut(Event)) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn drops(&self) -> anyhow::Result<Drops> {
+            Ok(vec![("burst_lost", 7)])
+        }
+        fn degraded(&self) -> Vec<Degraded> {
+            Vec::new()
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            btf_file: None,
+            ring_buffer_bytes: 4096,
+            scan_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_reader_nobody_takes_from_loses_what_its_queue_cannot_hold_counted() {
+        let (reader, _) = Reader::start(&Burst, &config()).unwrap();
+        // Nobody takes events: the reader goes on polling regardless.
+        let lost = (BURST - QUEUE_CAPACITY) as u64;
+        let start = Instant::now();
+        while !reader.drops().contains(&("enrich_queue_full", lost)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{:?}",
+                reader.drops()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut pids = Vec::new();
+        let drops = reader
+            .stop(&mut |e| pids.push(e.kind.process().unwrap().pid))
+            .unwrap();
+        assert_eq!(
+            pids,
+            (0..QUEUE_CAPACITY as u32).collect::<Vec<_>>(),
+            "the first ones, in order"
+        );
+        assert_eq!(drops, [("burst_lost", 7), ("enrich_queue_full", lost)]);
+    }
+
+    #[test]
+    fn events_are_handed_over_in_batches_in_order() {
+        let (mut reader, started) = Reader::start(&Burst, &config()).unwrap();
+        assert!(started.degraded.is_empty());
+        let mut pids = Vec::new();
+        let start = Instant::now();
+        while pids.len() < QUEUE_CAPACITY {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} events",
+                pids.len()
+            );
+            let before = pids.len();
+            reader
+                .poll(POLL_INTERVAL, &mut |e| {
+                    pids.push(e.kind.process().unwrap().pid)
+                })
+                .unwrap();
+            assert!(pids.len() - before <= BATCH + 1);
+        }
+        reader
+            .stop(&mut |e| pids.push(e.kind.process().unwrap().pid))
+            .unwrap();
+        assert!(pids.windows(2).all(|w| w[0] < w[1]), "in order");
+    }
+}
