@@ -9,7 +9,7 @@
 //! | `AUSPEX_TEST_CANARY_MISS` | every canary looks for a nonce that never comes (`heartbeat`: only the heartbeats) |
 //! | `AUSPEX_TEST_BLIND_METHOD` | a method that sees nothing is put first in line |
 //! | `AUSPEX_TEST_NO_RINGBUF` | BPF ring buffers are reported unavailable |
-//! | `AUSPEX_TEST_SLOW_PROC_MS` | every /proc read of enrichment takes this much longer |
+//! | `AUSPEX_TEST_SLOW_PROC_MS` | every /proc read of enrichment that finds a live process, and every walk of the cgroup tree, takes this much longer |
 //! | `AUSPEX_TEST_STAGES_ON_READER` | the pipeline runs on the thread that reads the kernel buffer, as before the reader had a thread of its own (for `auspex-bench slow-proc`) |
 
 #[cfg(feature = "test-hooks")]
@@ -66,32 +66,36 @@ mod on {
         MaybeSlow(SystemProc::default(), delay)
     }
 
-    /// The real /proc, each read made slower by the delay (as when a
-    /// process's mm lock is held, or the cgroup tree is huge).
+    /// The real /proc, made slower by the delay where it is slow: reading
+    /// a live process (its memory map's lock may be held: `cmdline` waits
+    /// for it) and walking the cgroup tree (thousands of directories on a
+    /// busy node). A process that is gone is not slow to miss.
     pub struct MaybeSlow(SystemProc, Option<Duration>);
 
     impl MaybeSlow {
-        fn wait(&self) {
-            if let Some(delay) = self.1 {
+        fn slowly<T>(&self, read: T, found: bool) -> T {
+            if let (Some(delay), true) = (self.1, found) {
                 std::thread::sleep(delay);
             }
+            read
         }
     }
 
     impl ProcFs for MaybeSlow {
         fn process(&self, pid: u32) -> Option<Process> {
-            self.wait();
-            self.0.process(pid)
+            let read = self.0.process(pid);
+            let found = read.is_some();
+            self.slowly(read, found)
         }
 
         fn cgroups(&self, pid: u32) -> Vec<String> {
-            self.wait();
-            self.0.cgroups(pid)
+            let read = self.0.cgroups(pid);
+            let found = !read.is_empty();
+            self.slowly(read, found)
         }
 
         fn cgroup_path(&self, id: u64) -> Option<String> {
-            self.wait();
-            self.0.cgroup_path(id)
+            self.slowly(self.0.cgroup_path(id), true)
         }
     }
 
