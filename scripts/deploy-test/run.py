@@ -1,0 +1,714 @@
+#!/usr/bin/env python3
+"""Proves the deployment artifacts with the real tools (docs/deploy.md):
+
+1. chart: Helm's own engine (helm-python-sdk) lints it (strict) and renders it
+   with the defaults, each collectionMethod and each BTF source; bad values fail
+   at render time naming the value; every rendered manifest is validated with
+   kubernetes-validate against the oldest and the newest Kubernetes supported;
+2. image: scripts/image.sh builds it, and the real agent in it accepts every
+   rendered config file;
+3. pod: the rendered DaemonSet's pod runs under podman, translated from the
+   manifest (mounts, privileges, args, env, config: see podman_args), and is
+   checked from outside: /ready and /live, a host exec with its host exe path and
+   args, an exec in a second container with that container's id, a TCP
+   connection attributed to its process, the BTF named in /status with the
+   sha256 of the host's /sys/kernel/btf/vmlinux; then with btf.source=none, auto
+   falls back to ebpf, and says why in /status and in the termination message.
+
+Run by scripts/test.sh with the venv that scripts/setup.sh makes. Cleans up the
+containers and images it creates. Prints one line per check and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "auspex"
+RELEASE, NAMESPACE = "auspex", "auspex"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the
+# newest that kubernetes-validate has schemas for.
+KUBE_OLDEST = "1.25.0"
+KUBE_NEWEST = kubernetes_validate.utils.latest_version()
+HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+
+# What this host needs from podman, whatever the manifest says (see
+# /work/shared/notes... in docs/deploy.md, "Testing"): crun refuses the
+# hybrid cgroup layout, and root here lacks CAP_SYS_RESOURCE, so the
+# runtime cannot raise limits it is not given explicitly.
+PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
+HOST_LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
+RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+LABEL = f"auspex-deploy-test={RUN_ID}"
+
+
+class Checks:
+    """Counts checks and prints one line per check."""
+
+    def __init__(self) -> None:
+        self.passed = self.failed = self.skipped = 0
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"deploy-test: ok    {what}", flush=True)
+
+    def fail(self, what: str, seen: str = "") -> None:
+        self.failed += 1
+        print(f"deploy-test: FAIL  {what}", flush=True)
+        if seen:
+            for line in seen.rstrip().splitlines():
+                print(f"deploy-test:         {line}", flush=True)
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped += 1
+        print(f"deploy-test: skip  {what}: {why}", flush=True)
+
+    def check(self, cond: bool, what: str, seen: str = "") -> bool:
+        (self.ok(what) if cond else self.fail(what, seen))
+        return cond
+
+
+def say(text: str) -> None:
+    print(f"deploy-test: {text}", flush=True)
+
+
+# ---------------------------------------------------------------- the chart
+
+def render(values: dict) -> dict[str, list[dict]]:
+    """The chart rendered by Helm's engine: {template: [documents]}."""
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = {}
+    for name, text in out.items():
+        if name.endswith("NOTES.txt"):
+            continue
+        parsed = [d for d in yaml.safe_load_all(text) if d]
+        if parsed:
+            docs[name] = parsed
+    return docs
+
+
+def manifests(docs: dict[str, list[dict]]) -> list[dict]:
+    return [d for ds in docs.values() for d in ds]
+
+
+def find(docs: dict[str, list[dict]], kind: str) -> dict:
+    found = [d for d in manifests(docs) if d.get("kind") == kind]
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind}, rendered {len(found)}")
+    return found[0]
+
+
+def agent_config(docs) -> dict:
+    return yaml.safe_load(find(docs, "ConfigMap")["data"]["config.yaml"])
+
+
+def pod_spec(docs) -> dict:
+    return find(docs, "DaemonSet")["spec"]["template"]["spec"]
+
+
+def mounts_by_path(spec: dict) -> dict[str, dict]:
+    """mountPath -> the volume behind it."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    return {m["mountPath"]: volumes[m["name"]] for m in spec["containers"][0].get("volumeMounts", [])}
+
+
+def validate_all(c: Checks, label: str, docs) -> None:
+    for version in (KUBE_OLDEST, KUBE_NEWEST):
+        errors = []
+        for doc in manifests(docs):
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                # A CRD's kind (the ServiceMonitor): Kubernetes has no schema
+                # for it; its apiVersion and kind are checked in chart_checks.
+                if doc["apiVersion"] != "monitoring.coreos.com/v1":
+                    errors.append(f"{doc['kind']}: no schema for {doc['apiVersion']}")
+            except kubernetes_validate.ValidationError as e:
+                errors.append(f"{doc['kind']} {'.'.join(map(str, e.path))}: {e.message}")
+        c.check(not errors, f"{label}: every manifest valid for Kubernetes {version}", "\n".join(errors))
+
+
+def chart_checks(c: Checks) -> None:
+    say(f"chart {CHART.relative_to(REPO)}: Helm {helm.helm_sdk_version()} (helm-python-sdk), "
+        f"kubernetes-validate {KUBE_OLDEST} and {KUBE_NEWEST}")
+    for values in ({}, {"collectionMethod": "proc", "btf": {"source": "none"}}):
+        report = helm.lint(str(CHART), values, strict=True)
+        # Severity 1 is INFO ("icon is recommended"); 2 and up are warnings
+        # and errors, which strict mode counts as failures.
+        bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        c.check(not bad, f"lint --strict clean with {values or 'the defaults'}", json.dumps(bad, indent=1))
+
+    cases = [("defaults", {})]
+    cases += [(f"collectionMethod={m}", {"collectionMethod": m}) for m in ("auto", "core_bpf", "ebpf", "proc")]
+    cases += [
+        ("btf.source=kernel", {"btf": {"source": "kernel"}}),
+        ("btf.source=file", {"btf": {"source": "file", "file": {"hostPath": "/var/lib/auspex/5.10.0-btfhub.btf"}}}),
+        ("btf.source=none", {"btf": {"source": "none"}}),
+        ("privileged", {"privileged": True}),
+        ("grpc+serviceMonitor+config", {
+            "grpc": {"enabled": True}, "serviceMonitor": {"enabled": True},
+            "config": {"report": "both", "ring_buffer_size": "32M", "afterglow": 0,
+                       "never_aggregate": ["203.0.113.0/24"], "aggregate_public": True},
+            "extraEnv": [{"name": "RUST_LOG", "value": "auspex=debug"}],
+            "priorityClassName": "system-node-critical",
+        }),
+    ]
+    rendered = {}
+    for label, values in cases:
+        try:
+            docs = render(values)
+        except helm.HelmError as e:
+            c.fail(f"{label}: renders", str(e))
+            continue
+        rendered[label] = (values, docs)
+        cfg, spec = agent_config(docs), pod_spec(docs)
+        mounts = mounts_by_path(spec)
+        container = spec["containers"][0]
+        sc = container["securityContext"]
+        method = values.get("collectionMethod", "auto")
+        source = values.get("btf", {}).get("source", "kernel")
+        problems = []
+        if cfg.get("method") != method:
+            problems.append(f"config method {cfg.get('method')!r}, want {method!r}")
+        if cfg.get("kernel_btf") != "/host/sys/kernel/btf/vmlinux":
+            problems.append(f"kernel_btf {cfg.get('kernel_btf')!r}")
+        kernel_mount = mounts.get("/host/sys/kernel/btf/vmlinux", {}).get("hostPath", {})
+        if (source == "kernel") != (kernel_mount.get("path") == "/sys/kernel/btf/vmlinux"):
+            problems.append(f"kernel BTF mount {kernel_mount} with btf.source={source}")
+        if source == "file":
+            host = values["btf"]["file"]["hostPath"]
+            if cfg.get("btf") != "/host" + host or mounts.get("/host" + host, {}).get("hostPath", {}).get("path") != host:
+                problems.append(f"btf file: config {cfg.get('btf')!r}, mounts {list(mounts)}")
+        elif "btf" in cfg:
+            problems.append(f"btf {cfg['btf']!r} with btf.source={source}")
+        if ("/sys/kernel/tracing" in mounts) != (method in ("auto", "ebpf")):
+            problems.append(f"tracefs mounted: {'/sys/kernel/tracing' in mounts} for {method}")
+        if mounts.get("/host/sys/fs/cgroup", {}).get("hostPath", {}).get("path") != "/sys/fs/cgroup":
+            problems.append("no read-only host cgroup mount")
+        if not all(m.get("readOnly") for m in container["volumeMounts"]):
+            problems.append("a mount is not read-only")
+        if not spec.get("hostPID"):
+            problems.append("no hostPID")
+        if values.get("privileged"):
+            if sc.get("privileged") is not True or "capabilities" in sc:
+                problems.append(f"privileged: {sc}")
+        elif sc.get("privileged") is not False or sc["capabilities"]["drop"] != ["ALL"]:
+            problems.append(f"not privileged with explicit capabilities: {sc}")
+        if container["readinessProbe"]["httpGet"]["path"] != "/ready" or \
+                container["livenessProbe"]["httpGet"]["path"] != "/live":
+            problems.append("probes")
+        if container.get("terminationMessagePolicy") != "FallbackToLogsOnError" or \
+                cfg.get("termination_log") != container.get("terminationMessagePath"):
+            problems.append("termination message path/policy")
+        if spec.get("tolerations") != [{"operator": "Exists"}] and "tolerations" not in values:
+            problems.append(f"tolerations {spec.get('tolerations')}")
+        for key, want in values.get("config", {}).items():
+            if cfg.get(key) != want:
+                problems.append(f"config {key}: {cfg.get(key)!r}, want {want!r}")
+        if values.get("grpc", {}).get("enabled"):
+            ports = {p["name"] for p in find(docs, "Service")["spec"]["ports"]}
+            sm = find(docs, "ServiceMonitor")
+            if ports != {"http", "grpc"} or not cfg["grpc_listen"].endswith(":9877") or \
+                    sm["spec"]["endpoints"][0]["port"] != "http":
+                problems.append(f"grpc service ports {ports}, grpc_listen {cfg['grpc_listen']}")
+        elif cfg.get("grpc_listen") != "off":
+            problems.append(f"grpc_listen {cfg.get('grpc_listen')}")
+        c.check(not problems, f"{label}: renders as the values say", "\n".join(problems))
+        validate_all(c, label, docs)
+
+    bad_values = [
+        ({"collectionMethod": "modern"}, ["collectionMethod", "modern"]),
+        ({"btf": {"source": "btfhub"}}, ["btf/source", "btfhub"]),
+        ({"btf": {"source": "file"}}, ["btf/file/hostPath"]),
+        ({"config": {"ring_bufer_size": "8M"}}, ["config", "ring_bufer_size"]),
+        ({"config": {"method": "proc"}}, ["config", "method"]),
+        ({"http": {"port": 70000}}, ["http/port"]),
+        ({"serviceMonitor": {"enabled": True}, "service": {"enabled": False}}, ["service.enabled"]),
+    ]
+    for values, names in bad_values:
+        try:
+            render(values)
+            c.fail(f"bad values {values} are refused", "rendered without an error")
+        except helm.HelmError as e:
+            msg = str(e)
+            c.check(all(n in msg for n in names), f"bad values {values} fail naming {', '.join(names)}", msg)
+    return rendered
+
+
+# ---------------------------------------------------------- pod -> podman
+
+class NotTranslatable(Exception):
+    pass
+
+
+class PodStartError(Exception):
+    """What the kubelet would refuse before starting the container."""
+
+
+def podman_args(spec: dict, configmaps: dict[str, dict], work: Path, name: str) -> tuple[list[str], dict]:
+    """`podman run` arguments for the pod's container, from the manifest.
+
+    Every field of the pod spec is either translated or named here as not
+    applicable to one node without a control plane; an unknown field raises,
+    so the chart cannot grow a field this test silently ignores."""
+    applied: dict = {}
+    not_applicable = {"serviceAccountName", "priorityClassName", "nodeSelector", "tolerations",
+                      "affinity", "imagePullSecrets", "dnsPolicy"}
+    args = ["run", "--detach", "--name", name, "--label", LABEL, "--pull", "never",
+            # podman mounts tmpfs over /tmp, /run... of a read-only container;
+            # the kubelet does not.
+            "--read-only-tmpfs=false"]
+    for key, value in spec.items():
+        if key in not_applicable or key in ("containers", "volumes"):
+            continue
+        if key == "hostPID":
+            if value:
+                args += ["--pid", "host"]
+        elif key == "hostNetwork":
+            args += ["--network", "host" if value else "bridge"]
+            applied["hostNetwork"] = value
+        elif key == "terminationGracePeriodSeconds":
+            applied["stop_timeout"] = value
+            args += ["--stop-timeout", str(value)]
+        elif key == "automountServiceAccountToken":
+            if value is not False:
+                raise NotTranslatable("a service account token would be mounted")
+        else:
+            raise NotTranslatable(f"pod spec field {key}")
+    if len(spec["containers"]) != 1 or spec.get("initContainers"):
+        raise NotTranslatable("more than one container")
+    container = spec["containers"][0]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    image = container["image"]
+    entry = container.get("command")
+    cmd = container.get("args", [])
+    for key, value in container.items():
+        if key in ("name", "image", "command", "args", "ports"):
+            continue
+        if key == "imagePullPolicy":
+            if value == "Always":
+                raise NotTranslatable("imagePullPolicy Always: no registry here")
+        elif key == "env":
+            for e in value:
+                if "value" in e:
+                    args += ["--env", f"{e['name']}={e['value']}"]
+                else:
+                    raise NotTranslatable(f"env {e['name']} from {e}")
+        elif key in ("readinessProbe", "livenessProbe"):
+            get = value["httpGet"]
+            port = get["port"]
+            if isinstance(port, str):
+                port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+            applied[key] = (get["path"], port)
+        elif key == "terminationMessagePath":
+            # The kubelet creates an empty file per container and mounts it.
+            f = work / "termination-log"
+            f.write_text("")
+            applied["termination_log"] = f
+            args += ["--volume", f"{f}:{value}"]
+        elif key == "terminationMessagePolicy":
+            applied[key] = value
+        elif key == "resources":
+            limits = value.get("limits", {})
+            for res, amount in limits.items():
+                if res == "memory":
+                    args += ["--memory", str(amount).replace("Mi", "m").replace("Gi", "g")]
+                elif res == "cpu":
+                    cpu = str(amount)
+                    args += ["--cpus", str(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu))]
+                else:
+                    raise NotTranslatable(f"limit {res}")
+            # requests only schedule.
+        elif key == "securityContext":
+            args += security_args(value)
+        elif key == "volumeMounts":
+            for m in value:
+                args += mount_args(m, volumes[m["name"]], configmaps, work)
+        else:
+            raise NotTranslatable(f"container field {key}")
+    if entry:
+        args += ["--entrypoint", json.dumps(entry)]
+    args += HOST_LIMITS
+    args += [image] + cmd
+    return args, applied
+
+
+def security_args(sc: dict) -> list[str]:
+    args = []
+    for key, value in sc.items():
+        if key == "privileged":
+            if value:
+                args.append("--privileged")
+        elif key == "allowPrivilegeEscalation":
+            if value is False:
+                args += ["--security-opt", "no-new-privileges"]
+        elif key == "capabilities":
+            args += [a for c in value.get("drop", []) for a in ("--cap-drop", c)]
+            args += [a for c in value.get("add", []) for a in ("--cap-add", c)]
+        elif key == "seccompProfile":
+            kind = value["type"]
+            if kind == "Unconfined":
+                args += ["--security-opt", "seccomp=unconfined"]
+            elif kind != "RuntimeDefault":
+                raise NotTranslatable(f"seccomp profile {kind}")
+        elif key == "runAsUser":
+            args += ["--user", str(value)]
+        elif key == "runAsNonRoot":
+            if value and sc.get("runAsUser", 1) == 0:
+                raise PodStartError("runAsNonRoot with runAsUser 0")
+        elif key == "readOnlyRootFilesystem":
+            if value:
+                args.append("--read-only")
+        else:
+            raise NotTranslatable(f"securityContext field {key}")
+    return args
+
+
+def mount_args(mount: dict, volume: dict, configmaps: dict, work: Path) -> list[str]:
+    extra = set(mount) - {"name", "mountPath", "readOnly"}
+    if extra:
+        raise NotTranslatable(f"volumeMount fields {extra}")
+    ro = ",ro" if mount.get("readOnly") else ""
+    dest = mount["mountPath"]
+    if "hostPath" in volume:
+        path, kind = volume["hostPath"]["path"], volume["hostPath"].get("type", "")
+        # The kubelet checks the type before it starts the container.
+        checks = {"File": os.path.isfile, "Directory": os.path.isdir, "": lambda p: True}
+        if kind not in checks:
+            raise NotTranslatable(f"hostPath type {kind}")
+        if not checks[kind](path):
+            raise PodStartError(f"hostPath type check failed: {path} is not a {kind}")
+        # rbind, as the CRI runtimes mount hostPath volumes: submounts come
+        # along (cgroup v2 at /sys/fs/cgroup/unified on hybrid hosts).
+        return ["--volume", f"{path}:{dest}:rbind{ro}"]
+    if "configMap" in volume:
+        cm = configmaps[volume["configMap"]["name"]]
+        d = work / f"configmap-{volume['name']}"
+        d.mkdir()
+        for key, text in cm["data"].items():
+            (d / key).write_text(text)
+        return ["--volume", f"{d}:{dest}:ro"]
+    if "emptyDir" in volume:
+        return ["--tmpfs", dest]
+    raise NotTranslatable(f"volume {volume}")
+
+
+# ---------------------------------------------------------- running pods
+
+def podman(*args: str, check: bool = True, capture: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(PODMAN + list(args), check=check, text=True, timeout=timeout,
+                          stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.PIPE if capture else None)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def free_port() -> int:
+    """A port free on the host for the pod's HTTP API (hostNetwork: the
+    pod's port is the node's), away from the agent's default."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pod:
+    """The rendered DaemonSet's pod, started under podman."""
+
+    def __init__(self, docs, image_values: dict, label: str) -> None:
+        self.label = label
+        self.work = Path(tempfile.mkdtemp(prefix="auspex-deploy-"))
+        self.name = f"auspex-deploy-test-{RUN_ID}-{label}"
+        spec = pod_spec(docs)
+        cms = {d["metadata"]["name"]: d for d in manifests(docs) if d["kind"] == "ConfigMap"}
+        self.args, self.applied = podman_args(spec, cms, self.work, self.name)
+        self.port = self.applied["readinessProbe"][1]
+        self.id = None
+
+    def start(self) -> None:
+        say(f"{self.label}: podman {' '.join(self.args)}")
+        self.id = podman(*self.args).stdout.strip()
+
+    def logs(self) -> tuple[str, str]:
+        r = podman("logs", self.name, check=False)
+        return r.stdout, r.stderr
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.logs()[0].splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        return out
+
+    def running(self) -> bool:
+        r = podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
+        return r.stdout.strip() == "true"
+
+    def wait_ready(self, timeout: float = 60) -> tuple[int, str]:
+        path, port = self.applied["readinessProbe"]
+        deadline = time.monotonic() + timeout
+        code, body = 0, ""
+        while time.monotonic() < deadline:
+            code, body = http_get(port, path)
+            if code == 200 or not self.running():
+                break
+            time.sleep(0.5)
+        return code, body
+
+    def status(self) -> dict:
+        code, body = http_get(self.port, "/status")
+        return json.loads(body) if code == 200 else {"http": code, "body": body}
+
+    def diagnostics(self) -> str:
+        out, err = self.logs()
+        status = http_get(self.port, "/status")[1]
+        return (f"--- agent stderr (tail)\n{chr(10).join(err.splitlines()[-25:])}\n"
+                f"--- /status\n{status[:3000]}\n--- termination log\n"
+                f"{self.applied['termination_log'].read_text()}")
+
+    def stop(self) -> None:
+        if self.id:
+            podman("stop", "--time", str(self.applied.get("stop_timeout", 10)), self.name, check=False)
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--volumes", self.name, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def wait_for(pod: Pod, pred, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in pod.events():
+            if pred(e):
+                return e
+        time.sleep(0.5)
+    return None
+
+
+def busybox_image(work: Path) -> str:
+    """A throwaway image with busybox-static's applets (podman import)."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(busybox):
+        raise FileNotFoundError("busybox-static is not installed (scripts/setup.sh installs it)")
+    root = work / "rootfs.tar"
+    with tarfile.open(root, "w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in ("sh", "sleep", "echo"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+    name = f"localhost/auspex-deploy-test-busybox:{RUN_ID}"
+    podman("import", str(root), name)
+    return name
+
+
+def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
+    repo, tag = image.rsplit(":", 1)
+    base = {"image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+            "http": {"port": free_port()}}
+
+    # --- the defaults: kernel BTF, auto
+    docs = render(base)
+    pod = Pod(docs, base, "kernel-btf")
+    try:
+        pod.start()
+        code, body = pod.wait_ready()
+        if not c.check(code == 200, "/ready turns 200 (the readinessProbe's path and port)",
+                       f"last answer {code}: {body}\n{pod.diagnostics()}"):
+            return
+        live = http_get(pod.port, pod.applied["livenessProbe"][0])
+        c.check(live[0] == 200, "/live answers 200 (the livenessProbe's path)", str(live))
+        status = pod.status()
+        c.check(status.get("method") == "core_bpf", f"auto chose core_bpf (chose {status.get('method')})",
+                json.dumps(status.get("attempts"), indent=1))
+        btf = status.get("btf")
+        if HOST_BTF.exists():
+            want = hashlib.sha256(HOST_BTF.read_bytes()).hexdigest()
+            c.check(isinstance(btf, dict) and btf.get("sha256") == want
+                    and btf.get("path") == "/host/sys/kernel/btf/vmlinux" and btf.get("origin") == "kernel",
+                    f"/status names the host's BTF, sha256 {want[:16]}... = host /sys/kernel/btf/vmlinux",
+                    f"btf in /status: {json.dumps(btf)} (btf_source: {status.get('btf_source')})")
+        else:
+            c.skip("BTF checksum", f"{HOST_BTF} is missing on this host")
+
+        # An exec on the host.
+        marker = f"auspex-deploy-{secrets.token_hex(4)}"
+        printf = os.path.realpath(shutil.which("printf") or "/usr/bin/printf")
+        subprocess.run([printf, "%s\n", marker], check=True, stdout=subprocess.DEVNULL)
+        ev = wait_for(pod, lambda e: e.get("type") == "process_exec"
+                      and marker in (e["process"].get("args") or []))
+        c.check(ev is not None and ev["process"].get("exe") == printf
+                and ev["process"]["args"] == [printf, "%s\n", marker] and not ev["process"].get("container_id"),
+                f"host exec reported with its host exe path {printf} and args",
+                json.dumps(ev) if ev else "no exec event with the marker")
+
+        # An exec in a second container, with that container's id.
+        if busybox:
+            marker = f"auspex-deploy-{secrets.token_hex(4)}"
+            cid = podman("create", "--label", LABEL, *HOST_LIMITS, busybox,
+                         "/bin/busybox", "echo", marker).stdout.strip()
+            podman("start", "--attach", cid)
+            ev = wait_for(pod, lambda e: e.get("type") == "process_exec"
+                          and marker in (e["process"].get("args") or []))
+            podman("rm", "--force", cid, check=False)
+            c.check(ev is not None and ev["process"].get("container_id") == cid[:12],
+                    f"exec in a second container reported with its id {cid[:12]}",
+                    json.dumps(ev) if ev else "no exec event with the marker")
+        else:
+            c.skip("container exec", "no busybox image")
+
+        # A TCP connection, attributed to this process (client and server).
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            client = socket.create_connection(server.getsockname())
+            conn, _ = server.accept()
+            cport = client.getsockname()[1]
+            ev = wait_for(pod, lambda e: e.get("type") == "connection_open"
+                          and e.get("role") == "client" and e.get("local", {}).get("port") == cport)
+            client.close()
+            conn.close()
+        c.check(ev is not None and ev.get("process", {}).get("pid") == os.getpid(),
+                f"TCP connection from port {cport} attributed to this process (pid {os.getpid()})",
+                json.dumps(ev) if ev else "no connection_open with that port")
+        pod.stop()
+        term = pod.applied["termination_log"].read_text()
+        c.check("fatal" not in term.lower() and "error" not in term.lower(),
+                "no fatal error in the termination message after SIGTERM", term)
+    except Exception:
+        c.fail("kernel-btf pod", traceback.format_exc() + pod.diagnostics())
+    finally:
+        pod.remove()
+
+    # --- the BTF mount removed: auto falls back, and says why
+    values = dict(base, btf={"source": "none"}, http={"port": free_port()})
+    docs = render(values)
+    pod = Pod(docs, values, "no-btf")
+    try:
+        pod.start()
+        code, body = pod.wait_ready()
+        status = pod.status()
+        attempts = status.get("attempts") or []
+        first = attempts[0] if attempts else {}
+        c.check(code == 200 and status.get("method") == "ebpf",
+                f"without the BTF mount auto falls back to ebpf (chose {status.get('method')}, /ready {code})",
+                pod.diagnostics())
+        c.check(first.get("method") == "core_bpf" and first.get("outcome") == "skipped"
+                and "/host/sys/kernel/btf/vmlinux" in (first.get("reason") or ""),
+                "/status gives the reason: core_bpf skipped, kernel BTF missing",
+                json.dumps(attempts, indent=1))
+        c.check(status.get("btf") is None, "/status names no BTF", json.dumps(status.get("btf")))
+        term = pod.applied["termination_log"].read_text()
+        c.check("running ebpf after" in term and "core_bpf" in term and "/host/sys/kernel/btf/vmlinux" in term,
+                "the termination message file gives the fallback and its reason", repr(term))
+    except Exception:
+        c.fail("no-btf pod", traceback.format_exc() + pod.diagnostics())
+    finally:
+        pod.stop()
+        pod.remove()
+
+
+def config_checks(c: Checks, image: str, rendered: dict) -> None:
+    """The real agent accepts every rendered config file, and refuses a bad key."""
+    work = Path(tempfile.mkdtemp(prefix="auspex-deploy-config-"))
+    try:
+        for label, (_, docs) in rendered.items():
+            f = work / "config.yaml"
+            f.write_text(find(docs, "ConfigMap")["data"]["config.yaml"])
+            r = podman("run", "--rm", "--label", LABEL, "--network", "none", *HOST_LIMITS,
+                       "--volume", f"{f}:/etc/auspex/config.yaml:ro", image,
+                       "config", "show", "--config", "/etc/auspex/config.yaml", check=False)
+            c.check(r.returncode == 0, f"{label}: the agent accepts the rendered config file",
+                    r.stdout + r.stderr)
+        (work / "bad.yaml").write_text("method: auto\nring_bufer_size: 8M\n")
+        r = podman("run", "--rm", "--label", LABEL, "--network", "none", *HOST_LIMITS,
+                   "--volume", f"{work / 'bad.yaml'}:/bad.yaml:ro", image, "run", "--config", "/bad.yaml",
+                   check=False)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        c.check(r.returncode == 1 and len(lines) == 1 and "ring_bufer_size" in lines[0],
+                "a bad config key fails the agent: exit 1, one line naming it",
+                f"exit {r.returncode}\n{r.stderr}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chart-only", action="store_true", help="render, lint and validate only")
+    opts = parser.parse_args()
+    started = time.monotonic()
+    c = Checks()
+    rendered = chart_checks(c)
+
+    blockers = []
+    if opts.chart_only:
+        blockers.append("--chart-only")
+    if os.geteuid() != 0:
+        blockers.append("not root")
+    for tool in ("podman", "runc"):
+        if not shutil.which(tool):
+            blockers.append(f"{tool} is not installed (scripts/setup.sh installs it)")
+    if blockers:
+        c.skip("image and pod checks", "; ".join(blockers))
+    else:
+        image = f"localhost/auspex-deploy-test:{RUN_ID}"
+        work = Path(tempfile.mkdtemp(prefix="auspex-deploy-images-"))
+        busybox = None
+        try:
+            t = time.monotonic()
+            built = subprocess.run([str(REPO / "scripts" / "image.sh"), image], text=True,
+                                   stdout=subprocess.PIPE)
+            if c.check(built.returncode == 0, f"scripts/image.sh built {image} in {time.monotonic() - t:.0f} s",
+                       built.stdout):
+                say(f"image: {built.stdout.strip()}")
+                try:
+                    busybox = busybox_image(work)
+                except (OSError, subprocess.CalledProcessError) as e:
+                    c.skip("container exec", str(e))
+                config_checks(c, image, rendered)
+                pod_checks(c, image, busybox)
+        finally:
+            for leftover in podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split():
+                podman("rm", "--force", leftover, check=False)
+            for img in (image, busybox):
+                if img:
+                    podman("rmi", "--force", img, check=False)
+            shutil.rmtree(work, ignore_errors=True)
+
+    say(f"took {time.monotonic() - started:.0f} s")
+    print(f"deploy: {c.passed} passed, {c.failed} failed, {c.skipped} skipped", flush=True)
+    return 1 if c.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
