@@ -93,6 +93,8 @@ pub struct CoreBpf {
     network: NetworkSkel<'static>,
     process: ProcessSkel<'static>,
     degraded: Vec<Degraded>,
+    /// The BTF the probes were relocated against.
+    btf: PathBuf,
 }
 
 /// The skeletons borrow the storage of their objects for their whole life.
@@ -257,6 +259,7 @@ impl CoreBpf {
             network,
             process,
             degraded,
+            btf: custom_btf.unwrap_or_else(|| btf::KERNEL_BTF.into()),
         })
     }
 
@@ -336,6 +339,11 @@ impl CoreBpf {
 
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
+    }
+
+    /// The BTF file the probes were relocated against.
+    pub fn relocated_against(&self) -> &std::path::Path {
+        &self.btf
     }
 
     /// Kernel ids of the loaded programs, to check that they go away.
