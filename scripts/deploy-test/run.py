@@ -22,6 +22,7 @@ containers and images it creates. Prints one line per check and a summary line.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -274,6 +275,10 @@ def podman_args(spec: dict, configmaps: dict[str, dict], work: Path, name: str) 
     applied: dict = {}
     not_applicable = {"serviceAccountName", "priorityClassName", "nodeSelector", "tolerations",
                       "affinity", "imagePullSecrets", "dnsPolicy"}
+    if spec.get("enableServiceLinks", True):
+        # Without a Service here there is nothing to link, but the agent
+        # would see AUSPEX_* variables in a cluster.
+        raise NotTranslatable("enableServiceLinks must be false")
     args = ["run", "--detach", "--name", name, "--label", LABEL, "--pull", "never",
             # podman mounts tmpfs over /tmp, /run... of a read-only container;
             # the kubelet does not.
@@ -290,6 +295,8 @@ def podman_args(spec: dict, configmaps: dict[str, dict], work: Path, name: str) 
         elif key == "terminationGracePeriodSeconds":
             applied["stop_timeout"] = value
             args += ["--stop-timeout", str(value)]
+        elif key == "enableServiceLinks":
+            pass
         elif key == "automountServiceAccountToken":
             if value is not False:
                 raise NotTranslatable("a service account token would be mounted")
@@ -442,11 +449,14 @@ def free_port() -> int:
 class Pod:
     """The rendered DaemonSet's pod, started under podman."""
 
-    def __init__(self, docs, image_values: dict, label: str) -> None:
+    def __init__(self, docs, label: str, without_capability: str | None = None) -> None:
         self.label = label
         self.work = Path(tempfile.mkdtemp(prefix="auspex-deploy-"))
         self.name = f"auspex-deploy-test-{RUN_ID}-{label}"
-        spec = pod_spec(docs)
+        spec = copy.deepcopy(pod_spec(docs))
+        if without_capability:
+            added = spec["containers"][0]["securityContext"]["capabilities"]["add"]
+            added.remove(without_capability)
         cms = {d["metadata"]["name"]: d for d in manifests(docs) if d["kind"] == "ConfigMap"}
         self.args, self.applied = podman_args(spec, cms, self.work, self.name)
         self.port = self.applied["readinessProbe"][1]
@@ -537,9 +547,50 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
     base = {"image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
             "http": {"port": free_port()}}
 
+    # Processes older than the agent, which its startup scrape must find: a
+    # root process (its /proc/PID/exe needs CAP_SYS_PTRACE) and a listener of
+    # another user (its /proc/PID/fd needs CAP_DAC_READ_SEARCH).
+    old = Fixtures()
+    try:
+        pod_runs(c, base, old, busybox)
+    finally:
+        old.stop()
+
+
+class Fixtures:
+    def __init__(self) -> None:
+        self.sleep = subprocess.Popen(["/bin/sleep", f"600.{secrets.randbelow(10**6)}"])
+        self.listen_port = free_port()
+        self.listener = subprocess.Popen(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c",
+             "import socket, sys, time\n"
+             f"s = socket.socket(); s.bind(('127.0.0.1', {self.listen_port})); s.listen()\n"
+             "print('listening', flush=True); time.sleep(600)"],
+            stdout=subprocess.PIPE, text=True)
+        assert self.listener.stdout.readline().strip() == "listening"
+
+    def scraped_exe(self, pod: "Pod") -> str | None:
+        """The exe the startup scrape gave the old root process."""
+        ev = wait_for(pod, lambda e: e.get("type") == "process_exec" and e.get("scraped")
+                      and e["process"]["pid"] == self.sleep.pid, timeout=5)
+        return ev and ev["process"].get("exe")
+
+    def listener_owner(self, pod: "Pod") -> int | None:
+        """The owner the agent gave the old listener of user nobody."""
+        ev = wait_for(pod, lambda e: e.get("type") == "endpoint_open"
+                      and e.get("local", {}).get("port") == self.listen_port, timeout=8)
+        return ev and ev.get("process", {}).get("pid")
+
+    def stop(self) -> None:
+        for p in (self.sleep, self.listener):
+            p.kill()
+            p.wait()
+
+
+def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
     # --- the defaults: kernel BTF, auto
     docs = render(base)
-    pod = Pod(docs, base, "kernel-btf")
+    pod = Pod(docs, "kernel-btf")
     try:
         pod.start()
         code, body = pod.wait_ready()
@@ -549,6 +600,7 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
         live = http_get(pod.port, pod.applied["livenessProbe"][0])
         c.check(live[0] == 200, "/live answers 200 (the livenessProbe's path)", str(live))
         status = pod.status()
+        say(f"kernel-btf: /status method {status.get('method')}, btf {json.dumps(status.get('btf'))}")
         c.check(status.get("method") == "core_bpf", f"auto chose core_bpf (chose {status.get('method')})",
                 json.dumps(status.get("attempts"), indent=1))
         btf = status.get("btf")
@@ -560,6 +612,13 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
                     f"btf in /status: {json.dumps(btf)} (btf_source: {status.get('btf_source')})")
         else:
             c.skip("BTF checksum", f"{HOST_BTF} is missing on this host")
+
+        exe = old.scraped_exe(pod)
+        c.check(exe == "/usr/bin/sleep", "the startup scrape found a root process older than the agent, "
+                "with its exe", f"exe {exe!r}")
+        owner = old.listener_owner(pod)
+        c.check(owner == old.listener.pid, "a listener of user nobody older than the agent has its owner",
+                f"owner {owner}, want {old.listener.pid}")
 
         # An exec on the host.
         marker = f"auspex-deploy-{secrets.token_hex(4)}"
@@ -578,8 +637,9 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
             cid = podman("create", "--label", LABEL, *HOST_LIMITS, busybox,
                          "/bin/busybox", "echo", marker).stdout.strip()
             podman("start", "--attach", cid)
+            # The exact argv: podman's own command line carries the marker too.
             ev = wait_for(pod, lambda e: e.get("type") == "process_exec"
-                          and marker in (e["process"].get("args") or []))
+                          and e["process"].get("args") == ["/bin/busybox", "echo", marker])
             podman("rm", "--force", cid, check=False)
             c.check(ev is not None and ev["process"].get("container_id") == cid[:12],
                     f"exec in a second container reported with its id {cid[:12]}",
@@ -613,7 +673,7 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
     # --- the BTF mount removed: auto falls back, and says why
     values = dict(base, btf={"source": "none"}, http={"port": free_port()})
     docs = render(values)
-    pod = Pod(docs, values, "no-btf")
+    pod = Pod(docs, "no-btf")
     try:
         pod.start()
         code, body = pod.wait_ready()
@@ -629,6 +689,8 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
                 json.dumps(attempts, indent=1))
         c.check(status.get("btf") is None, "/status names no BTF", json.dumps(status.get("btf")))
         term = pod.applied["termination_log"].read_text()
+        say(f"no-btf: /status method {status.get('method')}, attempts {json.dumps(attempts)}")
+        say(f"no-btf: termination message {term!r}")
         c.check("running ebpf after" in term and "core_bpf" in term and "/host/sys/kernel/btf/vmlinux" in term,
                 "the termination message file gives the fallback and its reason", repr(term))
     except Exception:
@@ -636,6 +698,38 @@ def pod_checks(c: Checks, image: str, busybox: str | None) -> None:
     finally:
         pod.stop()
         pod.remove()
+
+    # --- each capability the manifest adds is needed: without it, what breaks
+    docs = render(base)
+    added = pod_spec(docs)["containers"][0]["securityContext"]["capabilities"]["add"]
+    for cap in added:
+        pod = Pod(render(dict(base, http={"port": free_port()})), f"without-{cap}", without_capability=cap)
+        try:
+            pod.start()
+            code, _ = pod.wait_ready()
+            status = pod.status()
+            method = status.get("method")
+            if cap in ("BPF", "PERFMON"):
+                ok, what = method == "proc", "no BPF method runs: auto falls back to proc"
+            elif cap == "NET_ADMIN":
+                core = next((a for a in status.get("attempts", []) if a["method"] == "core_bpf"), {})
+                ok = method == "ebpf" and core.get("outcome") == "failed"
+                what = "core_bpf fails (its cgroup socket programs): auto falls back to ebpf"
+            elif cap == "SYS_PTRACE":
+                exe = old.scraped_exe(pod)
+                ok, what = code == 200 and exe is None, "the startup scrape cannot read other processes' exe"
+            elif cap == "DAC_READ_SEARCH":
+                owner = old.listener_owner(pod)
+                ok, what = code == 200 and owner is None, "another user's listener loses its owner"
+            else:
+                ok, what = False, f"an unexpected capability {cap} (say here what it is for)"
+            c.check(ok, f"without CAP_{cap}: {what}",
+                    f"/ready {code}, method {method}\n{pod.diagnostics()}")
+        except Exception:
+            c.fail(f"without-{cap} pod", traceback.format_exc() + pod.diagnostics())
+        finally:
+            pod.stop()
+            pod.remove()
 
 
 def config_checks(c: Checks, image: str, rendered: dict) -> None:
@@ -655,6 +749,7 @@ def config_checks(c: Checks, image: str, rendered: dict) -> None:
                    "--volume", f"{work / 'bad.yaml'}:/bad.yaml:ro", image, "run", "--config", "/bad.yaml",
                    check=False)
         lines = [l for l in r.stderr.splitlines() if l.strip()]
+        say(f"bad config key: exit {r.returncode}, stderr {r.stderr.strip()!r}")
         c.check(r.returncode == 1 and len(lines) == 1 and "ring_bufer_size" in lines[0],
                 "a bad config key fails the agent: exit 1, one line naming it",
                 f"exit {r.returncode}\n{r.stderr}")
