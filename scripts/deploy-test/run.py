@@ -51,6 +51,8 @@ RELEASE, NAMESPACE = "auspex", "auspex"
 KUBE_OLDEST = "1.25.0"
 KUBE_NEWEST = kubernetes_validate.utils.latest_version()
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+# The agent's options the chart sets from its own values (not in `config`).
+CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log"}
 
 # What this host needs from podman, whatever the manifest says (see
 # /work/shared/notes... in docs/deploy.md, "Testing"): crun refuses the
@@ -736,14 +738,31 @@ def config_checks(c: Checks, image: str, rendered: dict) -> None:
     """The real agent accepts every rendered config file, and refuses a bad key."""
     work = Path(tempfile.mkdtemp(prefix="auspex-deploy-config-"))
     try:
+        # The schema's config keys and the keys the chart sets are exactly
+        # the agent's options: neither can drift from the other.
+        r = podman("run", "--rm", "--label", LABEL, "--network", "none", *HOST_LIMITS, image,
+                   "config", "show", check=False)
+        agent_keys = set(yaml.safe_load(r.stdout) or {}) if r.returncode == 0 else set()
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        chart_keys = set(schema["properties"]["config"]["properties"]) | CHART_OWNED
+        c.check(agent_keys == chart_keys, "the chart knows exactly the agent's options",
+                f"only the agent's: {sorted(agent_keys - chart_keys)}; only the chart's: "
+                f"{sorted(chart_keys - agent_keys)}\n{r.stderr}")
         for label, (_, docs) in rendered.items():
             f = work / "config.yaml"
-            f.write_text(find(docs, "ConfigMap")["data"]["config.yaml"])
+            text = find(docs, "ConfigMap")["data"]["config.yaml"]
+            f.write_text(text)
             r = podman("run", "--rm", "--label", LABEL, "--network", "none", *HOST_LIMITS,
                        "--volume", f"{f}:/etc/auspex/config.yaml:ro", image,
                        "config", "show", "--config", "/etc/auspex/config.yaml", check=False)
-            c.check(r.returncode == 0, f"{label}: the agent accepts the rendered config file",
-                    r.stdout + r.stderr)
+            # Every key of the file is in effect, from the file.
+            origins = {line.split(":", 1)[0]: line.rsplit("#", 1)[-1].strip()
+                       for line in r.stdout.splitlines() if line and not line.startswith("#")}
+            wrong = [k for k in yaml.safe_load(text)
+                     if origins.get(k) != "config file /etc/auspex/config.yaml"]
+            c.check(r.returncode == 0 and not wrong,
+                    f"{label}: the agent takes every key of the rendered config file",
+                    f"exit {r.returncode}, keys not from the file: {wrong}\n{r.stdout}{r.stderr}")
         (work / "bad.yaml").write_text("method: auto\nring_bufer_size: 8M\n")
         r = podman("run", "--rm", "--label", LABEL, "--network", "none", *HOST_LIMITS,
                    "--volume", f"{work / 'bad.yaml'}:/bad.yaml:ro", image, "run", "--config", "/bad.yaml",
