@@ -451,7 +451,8 @@ def free_port() -> int:
 class Pod:
     """The rendered DaemonSet's pod, started under podman."""
 
-    def __init__(self, docs, label: str, without_capability: str | None = None) -> None:
+    def __init__(self, docs, label: str, without_capability: str | None = None,
+                 runtime_args: tuple[str, ...] = ()) -> None:
         self.label = label
         self.work = Path(tempfile.mkdtemp(prefix="auspex-deploy-"))
         self.name = f"auspex-deploy-test-{RUN_ID}-{label}"
@@ -461,6 +462,8 @@ class Pod:
             added.remove(without_capability)
         cms = {d["metadata"]["name"]: d for d in manifests(docs) if d["kind"] == "ConfigMap"}
         self.args, self.applied = podman_args(spec, cms, self.work, self.name)
+        # What a runtime does on its own, not from the manifest.
+        self.args[1:1] = runtime_args
         self.port = self.applied["readinessProbe"][1]
         self.id = None
 
@@ -525,6 +528,33 @@ def wait_for(pod: Pod, pred, timeout: float = 20):
                 return e
         time.sleep(0.5)
     return None
+
+
+def udp_attributed(pod: "Pod") -> dict | None:
+    """Sends one datagram from this process; the connection_open the agent
+    reports for it (the UDP hooks sit on the cgroup v2 root it found)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        tx.sendto(b"auspex", rx.getsockname())
+        port = tx.getsockname()[1]
+        return wait_for(pod, lambda e: e.get("type") == "connection_open" and e.get("protocol") == "udp"
+                        and e.get("role") == "client" and e.get("local", {}).get("port") == port)
+
+
+def container_exec(pod: "Pod", busybox: str) -> tuple[str, dict | None]:
+    """Runs a command in a second container; its id and the agent's exec event."""
+    marker = f"auspex-deploy-{secrets.token_hex(4)}"
+    cid = podman("create", "--label", LABEL, *HOST_LIMITS, busybox,
+                 "/bin/busybox", "echo", marker).stdout.strip()
+    try:
+        podman("start", "--attach", cid)
+        # The exact argv: podman's own command line carries the marker too.
+        ev = wait_for(pod, lambda e: e.get("type") == "process_exec"
+                      and e["process"].get("args") == ["/bin/busybox", "echo", marker])
+    finally:
+        podman("rm", "--force", cid, check=False)
+    return cid, ev
 
 
 def busybox_image(work: Path) -> str:
@@ -635,14 +665,8 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
 
         # An exec in a second container, with that container's id.
         if busybox:
-            marker = f"auspex-deploy-{secrets.token_hex(4)}"
-            cid = podman("create", "--label", LABEL, *HOST_LIMITS, busybox,
-                         "/bin/busybox", "echo", marker).stdout.strip()
-            podman("start", "--attach", cid)
-            # The exact argv: podman's own command line carries the marker too.
-            ev = wait_for(pod, lambda e: e.get("type") == "process_exec"
-                          and e["process"].get("args") == ["/bin/busybox", "echo", marker])
-            podman("rm", "--force", cid, check=False)
+            cid, ev = container_exec(pod, busybox)
+            say(f"kernel-btf: container {cid[:12]}: exec event {json.dumps(ev)}")
             c.check(ev is not None and ev["process"].get("container_id") == cid[:12],
                     f"exec in a second container reported with its id {cid[:12]}",
                     json.dumps(ev) if ev else "no exec event with the marker")
@@ -663,6 +687,11 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
         c.check(ev is not None and ev.get("process", {}).get("pid") == os.getpid(),
                 f"TCP connection from port {cport} attributed to this process (pid {os.getpid()})",
                 json.dumps(ev) if ev else "no connection_open with that port")
+        ev = udp_attributed(pod)
+        c.check(ev is not None and ev.get("process", {}).get("pid") == os.getpid()
+                and not status.get("degraded"),
+                "a UDP flow attributed to this process, no feature degraded",
+                f"event {json.dumps(ev)}, degraded {status.get('degraded')}")
         pod.stop()
         term = pod.applied["termination_log"].read_text()
         c.check("fatal" not in term.lower() and "error" not in term.lower(),
@@ -697,6 +726,32 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
                 "the termination message file gives the fallback and its reason", repr(term))
     except Exception:
         c.fail("no-btf pod", traceback.format_exc() + pod.diagnostics())
+    finally:
+        pod.stop()
+        pod.remove()
+
+    # --- a private cgroup namespace, as containerd and CRI-O give every
+    # container on cgroup v2 nodes (podman shares the host's on this v1 host):
+    # the agent must still find the host's cgroup v2 root, not its own.
+    pod = Pod(render(dict(base, http={"port": free_port()})), "cgroupns-private",
+              runtime_args=("--cgroupns", "private"))
+    try:
+        pod.start()
+        code, _ = pod.wait_ready()
+        status = pod.status()
+        cg = (status.get("features") or {}).get("cgroup2") or {}
+        c.check(code == 200 and cg.get("ok") and "/host/sys/fs/cgroup" in (cg.get("detail") or ""),
+                "in a private cgroup namespace the agent finds the host's cgroup v2 root",
+                f"/ready {code}, cgroup2 {cg}\n{pod.diagnostics()}")
+        ev = udp_attributed(pod)
+        c.check(ev is not None and ev.get("process", {}).get("pid") == os.getpid(),
+                "... and its UDP hooks see the host's UDP", json.dumps(ev))
+        if busybox:
+            cid, ev = container_exec(pod, busybox)
+            c.check(ev is not None and ev["process"].get("container_id") == cid[:12],
+                    f"... and a second container's exec carries its id {cid[:12]}", json.dumps(ev))
+    except Exception:
+        c.fail("cgroupns-private pod", traceback.format_exc() + pod.diagnostics())
     finally:
         pod.stop()
         pod.remove()
