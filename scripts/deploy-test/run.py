@@ -39,9 +39,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import helm_python as helm
-import kubernetes_validate
-import yaml
+try:
+    import helm_python as helm
+    import kubernetes_validate
+    import yaml
+except ImportError as e:
+    sys.exit(f"deploy-test: {e}: run it with the venv scripts/setup.sh makes: "
+             "~/.cache/auspex/deploy-venv/bin/python scripts/deploy-test/run.py")
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "auspex"
