@@ -58,10 +58,10 @@ HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 # The agent's options the chart sets from its own values (not in `config`).
 CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log"}
 
-# What this host needs from podman, whatever the manifest says (see
-# /work/shared/notes... in docs/deploy.md, "Testing"): crun refuses the
-# hybrid cgroup layout, and root here lacks CAP_SYS_RESOURCE, so the
-# runtime cannot raise limits it is not given explicitly.
+# What the test machine needs from podman, whatever the manifest says
+# (docs/deploy.md, "How it is tested"): crun refuses its hybrid cgroup layout
+# (runc does not; cgroupfs, as PID 1 is not systemd), and root there lacks
+# CAP_SYS_RESOURCE, so the runtime cannot raise limits not given explicitly.
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
 HOST_LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
