@@ -6,11 +6,12 @@
 #   scripts/image.sh [IMAGE]         # default: localhost/auspex:<crate version>
 #   scripts/image.sh --push IMAGE    # ... and push it (e.g. registry.example/auspex:0.1.0)
 #
-# The static build has its own target dir (target/image), so the changed
-# RUSTFLAGS do not invalidate the normal build's cache; a second run only
-# relinks what changed. The debug info is kept beside it
-# (target/image/auspex.debug, linked from the binary by --add-gnu-debuglink),
-# for symbolising a core or a perf profile of the shipped binary.
+# The static build has its own target dir (target/image, or
+# AUSPEX_IMAGE_TARGET_DIR), so the changed RUSTFLAGS do not invalidate the
+# normal build's cache; a second run only rebuilds what changed. The debug
+# info is kept beside it (auspex.debug there, linked from the binary by
+# --add-gnu-debuglink), for symbolising a core or a profile of the shipped
+# binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -30,7 +31,7 @@ command -v podman >/dev/null || die "podman not found (scripts/setup.sh installs
 version=$(sed -nE 's/^version = "([^"]+)"/\1/p' Cargo.toml | head -1)
 image=${1:-localhost/auspex:$version}
 target=x86_64-unknown-linux-gnu
-out=target/image
+out=${AUSPEX_IMAGE_TARGET_DIR:-target/image}
 
 # +crt-static on the gnu target links glibc statically (static-pie). With
 # --target, RUSTFLAGS reach only the target's crates, not the build scripts

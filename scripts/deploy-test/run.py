@@ -859,8 +859,13 @@ def main() -> int:
         busybox = None
         try:
             t = time.monotonic()
+            # A target dir outside the clone: CI's fresh clones then rebuild
+            # only the workspace's own crates, not every dependency (and the
+            # vendored libbpf) from cold.
+            env = dict(os.environ)
+            env.setdefault("AUSPEX_IMAGE_TARGET_DIR", str(Path.home() / ".cache" / "auspex" / "image-target"))
             built = subprocess.run([str(REPO / "scripts" / "image.sh"), image], text=True,
-                                   stdout=subprocess.PIPE)
+                                   stdout=subprocess.PIPE, env=env)
             if c.check(built.returncode == 0, f"scripts/image.sh built {image} in {time.monotonic() - t:.0f} s",
                        built.stdout):
                 say(f"image: {built.stdout.strip()}")
