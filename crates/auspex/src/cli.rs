@@ -167,6 +167,14 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_log: Option<PathBuf>,
 
+    /// Once the probes are loaded, drop every capability but CAP_BPF,
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, set no_new_privs and install
+    /// a seccomp allow-list; `--lockdown=false` keeps full privileges, for
+    /// troubleshooting [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockdown: Option<bool>,
+
     /// Where the HTTP API (/live, /ready, /status, /metrics) listens, or
     /// `off` [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]

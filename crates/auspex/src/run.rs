@@ -118,6 +118,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     agent.report_btf(collector.as_ref(), args);
     agent.report_fallbacks(args);
     agent.scrape(method, collector.as_mut());
+    if args.lockdown {
+        let state = crate::lockdown::apply();
+        tracing::info!(
+            "locked down: capabilities {:?}, no_new_privs {}, seccomp {}",
+            state.capabilities,
+            state.no_new_privs,
+            state.seccomp
+        );
+        agent.status.lock().unwrap().lockdown = Some(state);
+    }
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
     agent.set_ready(None);

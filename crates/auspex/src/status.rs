@@ -88,6 +88,9 @@ pub struct Status {
     pub btf: Option<BtfUsed>,
     pub features: Option<FeatureReport>,
     pub degraded: Vec<Degraded>,
+    /// What the agent keeps of its privileges once running; None until
+    /// then, or when --lockdown=false.
+    pub lockdown: Option<crate::lockdown::Lockdown>,
     pub canary: Option<CheckResult>,
     pub heartbeat: Heartbeat,
     pub events: BTreeMap<&'static str, u64>,

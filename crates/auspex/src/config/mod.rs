@@ -101,6 +101,8 @@ pub struct RunArgs {
     #[serde(with = "values::networks")]
     pub never_aggregate: Vec<ipnet::IpNet>,
     pub termination_log: PathBuf,
+    /// After loading: drop capabilities, set no_new_privs, install seccomp.
+    pub lockdown: bool,
 }
 
 impl Default for RunArgs {
@@ -123,6 +125,7 @@ impl Default for RunArgs {
             aggregate_public: false,
             never_aggregate: Vec::new(),
             termination_log: "/dev/termination-log".into(),
+            lockdown: true,
         }
     }
 }
