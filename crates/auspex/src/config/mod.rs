@@ -86,13 +86,25 @@ pub struct RunArgs {
     pub listen: Listen,
     pub grpc_listen: Listen,
     pub report: Report,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub scan_interval: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub canary_timeout: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::heartbeat"
+    )]
     pub heartbeat_interval: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub delta_interval: Duration,
     #[serde(with = "values::secs")]
     pub afterglow: Duration,
