@@ -17,10 +17,11 @@ die() { say "error: $*"; exit 1; }
 # compiles the gRPC service definition. The kernel
 # matrix (scripts/kernel-matrix) boots kernels with qemu and a busybox
 # initramfs (cpio, kmod's modinfo, xz and zstd for Debian's packages) and
-# builds one kernel (bc, libelf-dev).
+# builds one kernel (bc, libelf-dev). Debian's prometheus package brings
+# promtool, which checks the agent's /metrics in the tests.
 packages=(clang-19 gcc libc6-dev make pkg-config autoconf automake autopoint libtool
           flex bison gawk util-linux ca-certificates iproute2 python3 protobuf-compiler
-          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev)
+          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
