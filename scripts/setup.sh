@@ -17,13 +17,15 @@ die() { say "error: $*"; exit 1; }
 # compiles the gRPC service definition. The kernel
 # matrix (scripts/kernel-matrix) boots kernels with qemu and a busybox
 # initramfs (cpio, kmod's modinfo, xz and zstd for Debian's packages) and
-# builds one kernel (bc, libelf-dev). The deploy test (scripts/deploy-test)
-# builds the container image and runs the chart's pod with podman and runc
-# (crun, podman's default, refuses hybrid cgroup hosts), binutils strips the
-# image's binary, and python3-venv holds the test's PyPI tools.
+# builds one kernel (bc, libelf-dev). Debian's prometheus package brings
+# promtool, which checks the agent's /metrics in the tests. The deploy test
+# (scripts/deploy-test) builds the container image and runs the chart's pod
+# with podman and runc (crun, podman's default, refuses hybrid cgroup
+# hosts), binutils strips the image's binary, and python3-venv holds the
+# test's PyPI tools.
 packages=(clang-19 gcc libc6-dev make pkg-config autoconf automake autopoint libtool
           flex bison gawk util-linux ca-certificates iproute2 python3 protobuf-compiler
-          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev
+          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev prometheus
           podman runc binutils python3-venv)
 missing=()
 for p in "${packages[@]}"; do

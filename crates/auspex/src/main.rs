@@ -7,6 +7,7 @@ mod collector;
 mod config;
 mod grpc;
 mod http;
+mod lockdown;
 mod methods;
 mod metrics;
 mod pipeline;

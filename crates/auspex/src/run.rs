@@ -56,6 +56,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let status = SharedStatus::default();
     let liveness = Liveness::default();
     let metrics = Arc::new(Metrics::new());
+    let order: Vec<&str> = methods::registered().iter().map(|m| m.name()).collect();
+    metrics.start_at_zero(&order);
     if let Some(addr) = args.listen.0 {
         let bound = crate::http::serve(
             addr,
@@ -118,8 +120,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     agent.report_btf(collector.as_ref(), args);
     agent.report_fallbacks(args);
     agent.scrape(method, collector.as_mut());
+    if args.lockdown {
+        let state = crate::lockdown::apply();
+        tracing::info!(
+            "locked down: capabilities {:?}, no_new_privs {}, seccomp {}",
+            state.capabilities,
+            state.no_new_privs,
+            state.seccomp
+        );
+        agent.status.lock().unwrap().lockdown = Some(state);
+    }
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
+    // The method's drop causes are in /metrics (at zero) once it is ready.
+    agent.publish(collector.as_ref())?;
     agent.set_ready(None);
     for d in collector.degraded() {
         tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
