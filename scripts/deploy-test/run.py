@@ -637,6 +637,11 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
         c.check(live[0] == 200, "/live answers 200 (the livenessProbe's path)", str(live))
         status = pod.status()
         say(f"kernel-btf: /status method {status.get('method')}, btf {json.dumps(status.get('btf'))}")
+        lock = status.get("lockdown") or {}
+        c.check(lock.get("seccomp") == "filter" and lock.get("no_new_privs") and not lock.get("problems")
+                and set(lock.get("capabilities") or ()) <= {"cap_bpf", "cap_sys_ptrace", "cap_dac_read_search"},
+                f"the agent locked itself down in the container (kept {lock.get('capabilities')})",
+                json.dumps(lock))
         c.check(status.get("method") == "core_bpf", f"auto chose core_bpf (chose {status.get('method')})",
                 json.dumps(status.get("attempts"), indent=1))
         btf = status.get("btf")
