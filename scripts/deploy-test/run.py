@@ -250,6 +250,8 @@ def chart_checks(c: Checks) -> None:
         ({"config": {"ring_bufer_size": "8M"}}, ["config", "ring_bufer_size"]),
         ({"config": {"method": "proc"}}, ["config", "method"]),
         ({"http": {"port": 70000}}, ["http/port"]),
+        ({"config": {"scan_interval": 0}}, ["config/scan_interval"]),
+        ({"config": {"report": "delta"}}, ["config/report", "delta"]),
         ({"serviceMonitor": {"enabled": True}, "service": {"enabled": False}}, ["service.enabled"]),
     ]
     for values, names in bad_values:
