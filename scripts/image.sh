@@ -53,7 +53,8 @@ objcopy --add-gnu-debuglink="$out/auspex.debug" "$ctx/auspex"
 cp deploy/image/Containerfile "$ctx/Containerfile"
 
 say "building $image (podman)"
-podman build --quiet --tag "$image" \
+# --layers=false: no intermediate image per instruction is left behind.
+podman build --quiet --layers=false --tag "$image" \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
     "$ctx" >/dev/null
