@@ -103,19 +103,19 @@ pub struct RunFlags {
 
     /// How often the proc method scans /proc for connections and endpoints
     /// [default: 5].
-    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
     pub scan_interval: Option<Duration>,
 
     /// How long the self-check may take before the method is given up (the
     /// proc method gets one scan interval more) [default: 5].
-    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
     pub canary_timeout: Option<Duration>,
 
     /// How often the method's health is checked again once it runs (0:
     /// never) [default: 60].
-    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_heartbeat)]
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
     pub heartbeat_interval: Option<Duration>,
 
@@ -126,7 +126,7 @@ pub struct RunFlags {
     pub report: Option<Report>,
 
     /// How often the deltas are written [default: 30].
-    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
     pub delta_interval: Option<Duration>,
 
@@ -166,6 +166,14 @@ pub struct RunFlags {
     #[arg(long, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_log: Option<PathBuf>,
+
+    /// Once the probes are loaded, drop every capability but CAP_BPF,
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, set no_new_privs and install
+    /// a seccomp allow-list; `--lockdown=false` keeps full privileges, for
+    /// troubleshooting [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockdown: Option<bool>,
 
     /// Where the HTTP API (/live, /ready, /status, /metrics) listens, or
     /// `off` [default: 127.0.0.1:8080].

@@ -27,6 +27,18 @@ pub fn candidates(requested: &str) -> anyhow::Result<Vec<&'static dyn Method>> {
     Ok(chosen)
 }
 
+/// What `auto` tries, in order (a test build may put one first).
+fn all() -> impl Iterator<Item = &'static dyn Method> {
+    crate::hooks::first_method()
+        .into_iter()
+        .chain(METHODS.iter().copied())
+}
+
+/// The names of what `auto` tries, in order.
+pub fn order() -> Vec<&'static str> {
+    all().map(|m| m.name()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

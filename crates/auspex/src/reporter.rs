@@ -125,6 +125,16 @@ impl Reporter {
         }
     }
 
+    pub fn lockdown(&self, state: crate::lockdown::Lockdown) {
+        tracing::info!(
+            "locked down: capabilities {:?}, no_new_privs {}, seccomp {}",
+            state.capabilities,
+            state.no_new_privs,
+            state.seccomp
+        );
+        self.update(|s| s.lockdown = Some(state));
+    }
+
     pub fn ready(&self, not_ready: Option<String>) {
         self.metrics.ready.set(i64::from(not_ready.is_none()));
         self.update(|s| {

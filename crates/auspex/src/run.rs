@@ -35,6 +35,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     };
     auspex_probe::btf::read_kernel_btf_at(&args.kernel_btf);
     let metrics = Arc::new(Metrics::new());
+    metrics.start_at_zero(&crate::methods::order());
     let reporter = Reporter::new(Arc::clone(&metrics), args.termination_log.clone());
     if let Some(addr) = args.listen.0 {
         let bound = crate::http::serve(addr, reporter.shared(), Arc::clone(&metrics))?;
@@ -54,8 +55,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut running = select(&Selection::from(args), &mut pipeline, &reporter, &stop)?;
     reporter.log_diagnostics();
     scrape::report_existing(&mut running, &mut pipeline);
+    if args.lockdown {
+        reporter.lockdown(running.reader.lock_down());
+    }
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
+    // The method's drop causes are in /metrics (at zero) once it is ready.
+    reporter.counters(
+        pipeline.written(),
+        &[running.reader.drops(), pipeline.drops()].concat(),
+    );
     reporter.ready(None);
     let output = args
         .output

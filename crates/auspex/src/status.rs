@@ -28,6 +28,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcomes that make `auto` move to the next method.
+    pub const FALLBACK_REASONS: [Outcome; 3] =
+        [Outcome::Skipped, Outcome::Failed, Outcome::CanaryMissed];
+
     /// As in /status (and the fallback metric's reason label).
     pub fn label(self) -> &'static str {
         match self {
@@ -87,6 +91,9 @@ pub struct Status {
     pub btf: Option<BtfUsed>,
     pub features: Option<FeatureReport>,
     pub degraded: Vec<Degraded>,
+    /// What the agent keeps of its privileges once running; None until
+    /// then, or when --lockdown=false.
+    pub lockdown: Option<crate::lockdown::Lockdown>,
     pub canary: Option<CheckResult>,
     pub heartbeat: Heartbeat,
     pub events: BTreeMap<&'static str, u64>,

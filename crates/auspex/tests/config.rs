@@ -139,3 +139,34 @@ fn a_missing_kernel_btf_mount_is_a_fallback_the_termination_log_shows() {
         format!("running ebpf after: core_bpf (skipped): {reason}")
     );
 }
+
+/// Every numeric option at the top of its range (the largest values the
+/// parsers accept) runs, reports, and stops on SIGTERM: no arithmetic on
+/// them overflows (`--heartbeat-interval 1e19` used to panic once loaded).
+#[test]
+fn the_largest_accepted_values_run_and_stop_cleanly() {
+    let agent = Agent::start(&[
+        "--method",
+        "core_bpf",
+        "--report",
+        "both",
+        "--scan-interval",
+        "86400",
+        "--canary-timeout",
+        "86400",
+        "--heartbeat-interval",
+        "86400",
+        "--delta-interval",
+        "86400",
+        "--afterglow",
+        "86400",
+        "--connection-rate-limit",
+        "4294967295",
+    ]);
+    let mut child = Command::new("/bin/true").arg("largest").spawn().unwrap();
+    child.wait().unwrap();
+    agent.event("process_exec", child.id());
+    let (status, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {}", stderr.join("\n"));
+    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
+}

@@ -56,7 +56,13 @@ impl Shared {
     }
 }
 
-type Seed = (Vec<Endpoint>, Sender<anyhow::Result<usize>>);
+/// What the run loop asks of the reader's thread, which owns the collector.
+enum Command {
+    /// Who owns the listeners that predate the method.
+    Seed(Vec<Endpoint>, Sender<anyhow::Result<usize>>),
+    /// Drop this thread's privileges (capabilities are per thread).
+    LockDown(Sender<Result<(), String>>),
+}
 
 /// The reading side of a running method, as the run loop holds it.
 pub struct Reader {
@@ -67,7 +73,7 @@ pub struct Reader {
 enum Source {
     Thread {
         events: Receiver<Event>,
-        seeds: Sender<Seed>,
+        commands: Sender<Command>,
         stop: Arc<AtomicBool>,
         /// Taken when the thread is joined.
         thread: Option<JoinHandle<anyhow::Result<()>>>,
@@ -93,7 +99,7 @@ impl Reader {
             return Ok((Reader { source, shared }, started));
         }
         let (queue, events) = bounded(QUEUE_CAPACITY);
-        let (seeds, seed_requests) = crossbeam_channel::unbounded::<Seed>();
+        let (commands, requests) = crossbeam_channel::unbounded::<Command>();
         let (report, answer) = bounded(1);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -107,14 +113,14 @@ impl Reader {
                         Err(e) => return report.send(Err(e)).map_err(|_| anyhow!("nobody waited")),
                     };
                     let _ = report.send(Ok(started(collector.as_ref(), &shared)));
-                    read(collector.as_mut(), &queue, &seed_requests, &shared, &stop)
+                    read(collector.as_mut(), &queue, &requests, &shared, &stop)
                 }
             })?;
         match answer.recv() {
             Ok(Ok(started)) => {
                 let source = Source::Thread {
                     events,
-                    seeds,
+                    commands,
                     stop,
                     thread: Some(thread),
                 };
@@ -167,12 +173,34 @@ impl Reader {
     pub fn seed_listeners(&mut self, endpoints: Vec<Endpoint>) -> anyhow::Result<usize> {
         match &mut self.source {
             Source::Inline(collector) => collector.seed_listeners(&endpoints),
-            Source::Thread { seeds, .. } => {
+            Source::Thread { commands, .. } => {
                 let (reply, answer) = bounded(1);
-                seeds.send((endpoints, reply))?;
+                commands.send(Command::Seed(endpoints, reply))?;
                 answer.recv()?
             }
         }
+    }
+
+    /// Locks the agent down (lockdown.rs). The reader's thread first:
+    /// capabilities are per thread, and the seccomp filter the calling
+    /// thread installs then covers every thread.
+    pub fn lock_down(&self) -> crate::lockdown::Lockdown {
+        let reader = match &self.source {
+            Source::Inline(_) => Ok(()),
+            Source::Thread { commands, .. } => {
+                let (reply, answer) = bounded(1);
+                let _ = commands.send(Command::LockDown(reply));
+                answer
+                    .recv()
+                    .unwrap_or_else(|_| Err("the collector thread is gone".into()))
+            }
+        };
+        let mut state = crate::lockdown::apply();
+        if let Err(problem) = reader {
+            tracing::warn!("lockdown incomplete on the collector thread: {problem}");
+            state.problems.push(format!("collector thread: {problem}"));
+        }
+        state
     }
 
     /// Everything lost or incomplete so far, by cause.
@@ -230,7 +258,7 @@ fn started(collector: &dyn Collector, shared: &Shared) -> Started {
 fn read(
     collector: &mut dyn Collector,
     queue: &Sender<Event>,
-    seeds: &Receiver<Seed>,
+    commands: &Receiver<Command>,
     shared: &Shared,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -242,8 +270,15 @@ fn read(
     let mut next_drops = Instant::now() + DROPS_INTERVAL;
     while !stop.load(Ordering::Relaxed) {
         collector.poll(POLL_INTERVAL, &mut push)?;
-        for (endpoints, reply) in seeds.try_iter() {
-            let _ = reply.send(collector.seed_listeners(&endpoints));
+        for command in commands.try_iter() {
+            match command {
+                Command::Seed(endpoints, reply) => {
+                    let _ = reply.send(collector.seed_listeners(&endpoints));
+                }
+                Command::LockDown(reply) => {
+                    let _ = reply.send(crate::lockdown::keep_for_this_thread());
+                }
+            }
         }
         if Instant::now() >= next_drops {
             *shared.drops.lock().unwrap() = collector.drops()?;

@@ -86,13 +86,25 @@ pub struct RunArgs {
     pub listen: Listen,
     pub grpc_listen: Listen,
     pub report: Report,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub scan_interval: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub canary_timeout: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::heartbeat"
+    )]
     pub heartbeat_interval: Duration,
-    #[serde(with = "values::secs")]
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
     pub delta_interval: Duration,
     #[serde(with = "values::secs")]
     pub afterglow: Duration,
@@ -101,6 +113,8 @@ pub struct RunArgs {
     #[serde(with = "values::networks")]
     pub never_aggregate: Vec<ipnet::IpNet>,
     pub termination_log: PathBuf,
+    /// After loading: drop capabilities, set no_new_privs, install seccomp.
+    pub lockdown: bool,
 }
 
 impl Default for RunArgs {
@@ -123,6 +137,7 @@ impl Default for RunArgs {
             aggregate_public: false,
             never_aggregate: Vec::new(),
             termination_log: "/dev/termination-log".into(),
+            lockdown: true,
         }
     }
 }

@@ -244,3 +244,70 @@ fn documented_defaults_are_the_real_ones() {
     }
     assert!(checked >= 14, "only {checked} defaults found in the help");
 }
+
+/// The extremes of every numeric option, found from the CLI definition
+/// (so a new one is covered): each is accepted or refused with a message
+/// naming the flag (or, from a file, the key); none panics. What is
+/// accepted at the top of each range is run for real in tests/config.rs.
+#[test]
+fn extremes_of_every_numeric_option_are_accepted_or_named() {
+    use clap::CommandFactory;
+    const EXTREMES: &[&str] = &[
+        "0",
+        "0.05",
+        "0.1",
+        "1",
+        "86400",
+        "86400.5",
+        "-1",
+        "-0",
+        "1e19",
+        "1e-300",
+        "NaN",
+        "inf",
+        "4294967295",
+        "4294967296",
+        "18446744073709551616",
+        "17179869185G",
+        "1G",
+        "2G",
+        "",
+        " ",
+        "0x10",
+    ];
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").unwrap();
+    let numeric: Vec<String> = run
+        .get_arguments()
+        .filter(|a| {
+            a.get_value_names().is_some_and(|n| {
+                n.iter()
+                    .any(|n| ["SECONDS", "BYTES", "N"].contains(&n.as_str()))
+            })
+        })
+        .map(|a| a.get_id().to_string())
+        .collect();
+    assert!(numeric.len() >= 7, "{numeric:?}");
+    jailed(|jail| {
+        for key in &numeric {
+            let flag = format!("--{}", key.replace('_', "-"));
+            for value in EXTREMES {
+                let parsed = Cli::try_parse_from(["auspex", "run", &format!("{flag}={value}")]);
+                if let Err(e) = &parsed {
+                    let text = e.to_string();
+                    assert!(text.contains(&flag), "{flag} {value:?}: {text}");
+                }
+                jail.create_file("x.yaml", &format!("{key}: {value:?}\n"))
+                    .unwrap();
+                if let Err(e) = resolve(&flags(&["--config", "x.yaml"])) {
+                    let text = format!("{e:#}");
+                    assert!(
+                        text.contains(&format!(": {key}: ")),
+                        "{key}: {value:?}: {text}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    });
+}

@@ -60,18 +60,36 @@ pub fn parse_method(text: &str) -> Result<String, String> {
     }
 }
 
+/// A duration in seconds, 0 to [`MAX_SECONDS`] (fractions allowed).
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    seconds_in(text, 0.0)
+}
+
+/// The shortest period anything repeats at: shorter would spin the loop
+/// (a /proc scan, deltas or the self-check's deadline on every poll).
+pub const MIN_INTERVAL: f64 = 0.1;
+
+/// A period: [`MIN_INTERVAL`] to [`MAX_SECONDS`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    seconds_in(text, MIN_INTERVAL)
+}
+
+/// The heartbeat's period: 0 (never), or a period.
+pub fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        Duration::ZERO => Ok(Duration::ZERO),
+        _ => parse_interval(text).map_err(|e| format!("{e}, or 0 for never")),
+    }
+}
+
+fn seconds_in(text: &str, min: f64) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    seconds(secs)
-}
-
-fn seconds(secs: f64) -> Result<Duration, String> {
-    if !(0.0..=MAX_SECONDS).contains(&secs) {
+    if !(min..=MAX_SECONDS).contains(&secs) {
         return Err(format!(
-            "{secs} seconds is out of range (0 to {MAX_SECONDS})"
+            "{text} seconds is out of range ({min} to {MAX_SECONDS})"
         ));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -154,7 +172,8 @@ fn parsed<'de, D: Deserializer<'de>, T>(
     })
 }
 
-/// serde for durations: a number of seconds (fractions allowed).
+/// serde for durations: a number of seconds (fractions allowed); each
+/// range has its own reader, the writer is shared.
 pub mod secs {
     use super::*;
 
@@ -164,6 +183,14 @@ pub mod secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         parsed(d, "a number of seconds", parse_seconds)
+    }
+
+    pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parsed(d, "a number of seconds", parse_interval)
+    }
+
+    pub fn heartbeat<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parsed(d, "a number of seconds", parse_heartbeat)
     }
 }
 
@@ -281,9 +308,17 @@ mod tests {
     fn seconds_are_bounded() {
         assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
-        for bad in ["-1", "1e19", "NaN", "inf", "soon"] {
+        for bad in ["-1", "1e19", "NaN", "inf", "soon", "86401"] {
             assert!(parse_seconds(bad).is_err(), "{bad} was accepted");
         }
+        assert!(parse_interval("0").unwrap_err().contains("0.1 to 86400"));
+        assert_eq!(parse_interval("0.1"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_heartbeat("0"), Ok(Duration::ZERO));
+        let err = parse_heartbeat("0.01").unwrap_err();
+        assert!(
+            err.contains("0.1 to 86400") && err.ends_with("or 0 for never"),
+            "{err}"
+        );
     }
 
     #[test]
