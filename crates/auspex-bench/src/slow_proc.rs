@@ -121,20 +121,26 @@ pub fn slow_proc(binary: &Path, args: &SlowProcArgs) -> anyhow::Result<String> {
     }
     let mut table = format!(
         "Kernel buffer {}, a process in a new cgroup every {} s among back-to-back \
-         /bin/true spawns for {} s; medians of {} runs each, alternating.\n\n\
+         /bin/true spawns for {} s; median (range) of {} runs each, alternating.\n\n\
          | pipeline | each /proc read of enrichment | processes spawned | kernel buffer full (records lost) | reader's queue full (events lost) |\n\
          |---|---|---|---|---|\n",
         args.ring_buffer_size, args.new_cgroup_every, args.seconds, args.reps
     );
     for ((what, _, delay), runs) in kinds.iter().zip(runs) {
-        let m = |f: fn(&Run) -> u64| median(runs.iter().map(|r| f(r) as f64).collect());
+        // Median, and the range over the runs.
+        let m = |f: fn(&Run) -> u64| {
+            let values: Vec<u64> = runs.iter().map(f).collect();
+            let (lo, hi) = (values.iter().min(), values.iter().max());
+            let mid = median(values.iter().map(|v| *v as f64).collect());
+            format!("{mid:.0} ({}–{})", lo.unwrap_or(&0), hi.unwrap_or(&0))
+        };
         let read = match delay {
             true => format!("+{} ms", args.delay_ms),
             false => "as is".to_string(),
         };
         writeln!(
             table,
-            "| {what} | {read} | {:.0} | {:.0} | {:.0} |",
+            "| {what} | {read} | {} | {} | {} |",
             m(|r| r.spawned),
             m(|r| r.kernel_drops),
             m(|r| r.queue_full)
