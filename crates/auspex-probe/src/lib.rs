@@ -7,26 +7,32 @@ pub mod btf;
 mod cgroup;
 mod clock;
 mod core_bpf;
-mod counters;
 pub mod decode;
+mod degraded;
 mod error;
 pub mod features;
 mod inbox;
 mod legacy_bpf;
 mod libbpf_log;
 mod listeners;
+mod loading;
 mod perf_reader;
 mod privileges;
+mod programs;
 mod skel;
+mod stats;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod udp_sockets;
 mod wire;
 
 pub use clock::BootClock;
-pub use core_bpf::{CoreBpf, Degraded, KernelDrops, ProbeConfig, ProbeStats};
+pub use core_bpf::{CoreBpf, ProbeConfig};
+pub use degraded::Degraded;
 pub use error::ProbeError;
 pub use legacy_bpf::LegacyBpf;
+pub use programs::ProgramInfo;
+pub use stats::{KernelDrops, ProbeStats};
 
 /// Bytes of the argument vector a process event carries at most.
 pub const ARGS_MAX: usize = skel::types::auspex_limits::AUSPEX_ARGS_MAX.0 as usize;
