@@ -297,20 +297,12 @@ fn attach_udp<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::mem::MaybeUninit;
-
-    use libbpf_rs::skel::SkelBuilder;
-
     use super::*;
     use crate::programs::tests::assert_table_matches;
 
     #[test]
     fn the_table_lists_every_program_of_both_objects() {
-        let mut storage = MaybeUninit::uninit();
-        let open = ProcessSkelBuilder::default().open(&mut storage).unwrap();
-        assert_table_matches(&PROGRAMS, Obj::Process, open.open_object());
-        let mut storage = MaybeUninit::uninit();
-        let open = NetworkSkelBuilder::default().open(&mut storage).unwrap();
-        assert_table_matches(&PROGRAMS, Obj::Network, open.open_object());
+        assert_table_matches(&PROGRAMS, Obj::Process, ProcessSkelBuilder::default());
+        assert_table_matches(&PROGRAMS, Obj::Network, NetworkSkelBuilder::default());
     }
 }

@@ -274,20 +274,12 @@ fn perf_failed(e: std::io::Error) -> ProbeError {
 
 #[cfg(test)]
 mod tests {
-    use std::mem::MaybeUninit;
-
-    use libbpf_rs::skel::SkelBuilder;
-
     use super::*;
     use crate::programs::tests::assert_table_matches;
 
     #[test]
     fn the_table_lists_every_program_of_both_objects() {
-        let mut storage = MaybeUninit::uninit();
-        let open = LegacySkelBuilder::default().open(&mut storage).unwrap();
-        assert_table_matches(&PROGRAMS, Obj::Legacy, open.open_object());
-        let mut storage = MaybeUninit::uninit();
-        let open = LegacyBtfSkelBuilder::default().open(&mut storage).unwrap();
-        assert_table_matches(&PROGRAMS, Obj::LegacyBtf, open.open_object());
+        assert_table_matches(&PROGRAMS, Obj::Legacy, LegacySkelBuilder::default());
+        assert_table_matches(&PROGRAMS, Obj::LegacyBtf, LegacyBtfSkelBuilder::default());
     }
 }

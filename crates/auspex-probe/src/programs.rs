@@ -127,16 +127,23 @@ pub(crate) fn map_ids(objects: &[&Object]) -> Vec<u32> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::mem::MaybeUninit;
+
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+
     use super::*;
 
-    /// Fails unless `rows` name exactly the programs of `object` (opened,
-    /// not loaded: no privileges needed).
-    pub(crate) fn assert_table_matches<O: PartialEq + Copy + std::fmt::Debug, P>(
-        rows: &[Row<O, P>],
-        object: O,
-        open: &OpenObject,
-    ) {
+    /// Fails unless `rows` name exactly the programs of `object`, which
+    /// `builder` opens (not loads: no privileges needed).
+    pub(crate) fn assert_table_matches<O, P, B>(rows: &[Row<O, P>], object: O, builder: B)
+    where
+        O: PartialEq + Copy + std::fmt::Debug,
+        B: for<'a> SkelBuilder<'a>,
+    {
+        let mut storage = MaybeUninit::uninit();
+        let open = builder.open(&mut storage).unwrap();
         let mut in_object: Vec<String> = open
+            .open_object()
             .progs()
             .map(|p| p.name().to_string_lossy().into_owned())
             .collect();

@@ -332,6 +332,16 @@ fn tcp_both_sides_seen_by<P: Probe>(
     );
 }
 
+impl<'a> Side<'a> {
+    /// The named namespace (see `ip netns`).
+    fn named(ns: &'a str) -> Self {
+        Side {
+            netns_name: Some(ns),
+            netns: netns_of(&format!("/run/netns/{ns}")),
+        }
+    }
+}
+
 fn here() -> Side<'static> {
     Side {
         netns_name: None,
@@ -577,33 +587,22 @@ impl Drop for VethPair {
     }
 }
 
+/// Runs `test` with a server in one new network namespace and a client in
+/// another, joined by a veth pair on `subnet` (the server is at .1).
+fn in_two_namespaces(tag: &str, subnet: &str, test: impl FnOnce(&str, Side<'_>, Side<'_>)) {
+    let veth = VethPair::create(&format!("{tag}{}", std::process::id()), subnet);
+    let [ns_a, ns_b] = &veth.names;
+    let (server, client) = (Side::named(ns_a), Side::named(ns_b));
+    assert_ne!(server.netns, client.netns);
+    test(&format!("{subnet}.1"), server, client);
+}
+
 #[test]
 fn tcp_between_two_network_namespaces_has_their_addresses_and_ids() {
-    let veth = VethPair::create(&std::process::id().to_string(), "10.213.77");
-    let [ns_a, ns_b] = &veth.names;
-    let server = Side {
-        netns_name: Some(ns_a),
-        netns: netns_of(&format!("/run/netns/{ns_a}")),
-    };
-    let client = Side {
-        netns_name: Some(ns_b),
-        netns: netns_of(&format!("/run/netns/{ns_b}")),
-    };
-    assert_ne!(server.netns, client.netns);
-    tcp_both_sides("10.213.77.1", server, client);
+    in_two_namespaces("c", "10.213.77", tcp_both_sides);
 }
 
 #[test]
 fn legacy_tcp_between_two_network_namespaces_has_their_addresses() {
-    let veth = VethPair::create(&format!("l{}", std::process::id()), "10.213.78");
-    let [ns_a, ns_b] = &veth.names;
-    let server = Side {
-        netns_name: Some(ns_a),
-        netns: 0,
-    };
-    let client = Side {
-        netns_name: Some(ns_b),
-        netns: 0,
-    };
-    legacy_tcp_both_sides("10.213.78.1", server, client);
+    in_two_namespaces("l", "10.213.78", legacy_tcp_both_sides);
 }
