@@ -41,6 +41,7 @@ pub const ARGS_MAX: usize = skel::types::auspex_limits::AUSPEX_ARGS_MAX.0 as usi
 /// `kernel.bpf_stats_enabled=1` to count).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramRunStats {
+    pub id: u32,
     pub name: String,
     pub run_time_ns: u64,
     pub run_count: u64,
@@ -50,6 +51,7 @@ pub struct ProgramRunStats {
 pub fn program_run_stats() -> Vec<ProgramRunStats> {
     libbpf_rs::query::ProgInfoIter::default()
         .map(|p| ProgramRunStats {
+            id: p.id,
             name: p.name.to_string_lossy().into_owned(),
             run_time_ns: p.run_time_ns,
             run_count: p.run_cnt,
