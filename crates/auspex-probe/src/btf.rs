@@ -3,15 +3,56 @@
 //! gets a clear message.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use libbpf_rs::btf::{types::Struct, Btf};
 
 use crate::error::{errno_of, explain, ProbeError};
 
+/// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+static KERNEL_BTF_AT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Reads the running kernel's BTF from `path` instead of [`KERNEL_BTF`]:
+/// in a container, the host's file mounted somewhere of the agent's
+/// choosing, so that a missing mount shows as a kernel without BTF rather
+/// than going unnoticed. Process-wide, like the location of /proc; set once
+/// at startup, before any probe (a later call is ignored and returns false).
+pub fn read_kernel_btf_at(path: &Path) -> bool {
+    KERNEL_BTF_AT.set(path.to_path_buf()).is_ok()
+}
+
+/// Where the running kernel's BTF is read.
+pub fn kernel_btf() -> &'static Path {
+    KERNEL_BTF_AT.get_or_init(|| KERNEL_BTF.into())
+}
+
 pub fn kernel_btf_present() -> bool {
-    Path::new(KERNEL_BTF).exists()
+    kernel_btf().exists()
+}
+
+/// Why the kernel's BTF is missing, as far as can be told.
+pub fn kernel_btf_missing() -> String {
+    match kernel_btf_elsewhere() {
+        None => {
+            format!("{KERNEL_BTF} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF")
+        }
+        Some(path) => format!(
+            "{} is missing: the host's {KERNEL_BTF} is not mounted there, or the kernel was \
+             built without CONFIG_DEBUG_INFO_BTF",
+            path.display()
+        ),
+    }
+}
+
+/// The kernel's BTF when it is read from elsewhere than the kernel's own
+/// file: CO-RE relocations must then come from it explicitly, since libbpf
+/// looks only at [`KERNEL_BTF`] by itself. (Attaching tp_btf programs still
+/// needs the kernel's own BTF object, which libbpf finds on its own.)
+pub fn kernel_btf_elsewhere() -> Option<&'static Path> {
+    let path = kernel_btf();
+    (path != Path::new(KERNEL_BTF)).then_some(path)
 }
 
 /// Parses a BTF file (raw BTF, or an ELF with a .BTF section) and checks
@@ -46,7 +87,7 @@ pub(crate) fn relocation_source(file: Option<&Path>) -> Result<Option<PathBuf>, 
     }
     if !kernel_btf_present() {
         return Err(ProbeError::NoKernelBtf {
-            path: KERNEL_BTF.into(),
+            missing: kernel_btf_missing(),
             hint: if file.is_some() {
                 "; a --btf file supplies CO-RE relocations but cannot replace it for attaching"
             } else {
@@ -54,7 +95,7 @@ pub(crate) fn relocation_source(file: Option<&Path>) -> Result<Option<PathBuf>, 
             },
         });
     }
-    Ok(file.map(Path::to_path_buf))
+    Ok(file.or(kernel_btf_elsewhere()).map(Path::to_path_buf))
 }
 
 #[cfg(test)]

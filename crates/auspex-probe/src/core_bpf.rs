@@ -98,6 +98,8 @@ pub struct CoreBpf {
     network: Loaded<Network>,
     process: Loaded<Process>,
     degraded: Vec<Degraded>,
+    /// The BTF the probes were relocated against.
+    btf: PathBuf,
 }
 
 impl CoreBpf {
@@ -202,6 +204,7 @@ impl CoreBpf {
             network,
             process,
             degraded,
+            btf: custom_btf.unwrap_or_else(|| btf::KERNEL_BTF.into()),
         })
     }
 
@@ -255,6 +258,11 @@ impl CoreBpf {
     /// Features running without some of their parts.
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
+    }
+
+    /// The BTF file the probes were relocated against.
+    pub fn relocated_against(&self) -> &std::path::Path {
+        &self.btf
     }
 
     /// The attached programs: name, attach point and kernel id.

@@ -15,11 +15,10 @@ pub enum ProbeError {
     BpfUnavailable(String),
 
     #[error(
-        "this kernel exposes no BTF ({path} is missing: it was built without \
-         CONFIG_DEBUG_INFO_BTF). The core_bpf method attaches BTF-aware tracepoints, which need \
-         the kernel's own BTF{hint}"
+        "this kernel exposes no BTF ({missing}). The core_bpf method attaches BTF-aware \
+         tracepoints, which need the kernel's own BTF{hint}"
     )]
-    NoKernelBtf { path: PathBuf, hint: &'static str },
+    NoKernelBtf { missing: String, hint: &'static str },
 
     #[error("BTF file {0} does not exist")]
     BtfFileMissing(PathBuf),

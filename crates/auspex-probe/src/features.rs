@@ -116,12 +116,9 @@ pub fn probe_all(btf_file: Option<&Path>, proc_connector: Check) -> FeatureRepor
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         kernel_btf: Check::from_result(if btf::kernel_btf_present() {
-            parse_btf(Path::new(btf::KERNEL_BTF))
+            parse_btf(btf::kernel_btf())
         } else {
-            Err(format!(
-                "{} is missing: the kernel was built without CONFIG_DEBUG_INFO_BTF",
-                btf::KERNEL_BTF
-            ))
+            Err(btf::kernel_btf_missing())
         }),
         btf_file: btf_file.map(|p| Check::from_result(parse_btf(p))),
         ring_buffer: bpf_dependent(|| map_type(MapType::RingBuf, "BPF ring buffer")),

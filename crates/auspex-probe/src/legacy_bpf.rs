@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -85,6 +85,8 @@ pub struct LegacyBpf {
     with_btf: Option<Loaded<LegacyBtf>>,
     legacy: Loaded<Legacy>,
     degraded: Vec<Degraded>,
+    /// The BTF the CO-RE programs were relocated against, if they run.
+    btf: Option<PathBuf>,
 }
 
 impl LegacyBpf {
@@ -94,7 +96,7 @@ impl LegacyBpf {
         retry_interrupted(|| {
             let usable = btf_file.is_none_or(|f| btf::check_btf_file(f).is_ok());
             if usable && (btf_file.is_some() || btf::kernel_btf_present()) {
-                match Self::load_once(Some(btf_file)) {
+                match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere()))) {
                     Err(e @ ProbeError::Interrupted { .. }) => return Err(e),
                     Err(e) => {
                         tracing::debug!("the ebpf method runs without CO-RE reads: {e}");
@@ -183,6 +185,7 @@ impl LegacyBpf {
             with_btf: btf_programs,
             legacy,
             degraded,
+            btf: core.map(|file| file.map_or_else(|| btf::KERNEL_BTF.into(), Path::to_path_buf)),
         })
     }
 
@@ -246,6 +249,12 @@ impl LegacyBpf {
 
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
+    }
+
+    /// The BTF file the CO-RE programs were relocated against; None when
+    /// the probe runs without them.
+    pub fn relocated_against(&self) -> Option<&Path> {
+        self.btf.as_deref()
     }
 
     /// The attached programs: name, attach point and kernel id.

@@ -44,6 +44,9 @@ fn verdicts(features: &FeatureReport) -> Vec<MethodVerdict> {
 
 /// Prints the report; fails when no method can run.
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.kernel_btf {
+        auspex_probe::btf::read_kernel_btf_at(path);
+    }
     let features = features::probe_all(
         args.btf.as_deref(),
         Check::from_result(auspex_proc::probe_connector()),

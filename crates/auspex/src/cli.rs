@@ -1,10 +1,11 @@
 //! Command-line interface.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::values::{self, Listen, Report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,12 +22,22 @@ pub struct Cli {
 pub enum Command {
     /// Choose a collection method, prove it works, and print one JSON event
     /// per line until SIGINT/SIGTERM.
-    Run(Box<RunArgs>),
+    Run(Box<RunFlags>),
     /// Probe the kernel's features and say which methods can run here.
     Check(CheckArgs),
+    /// The configuration `run` would use.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The self-check's exec: does nothing (internal).
     #[command(hide = true)]
     Canary { nonce: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective options of `run` (the same flags, environment
+    /// and config file) as YAML, each with where its value came from.
+    Show(Box<RunFlags>),
 }
 
 #[derive(Debug, Args)]
@@ -38,149 +49,164 @@ pub struct CheckArgs {
     /// Also parse this BTF file, as `run --btf` would use it.
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+
+    /// Read the running kernel's BTF here, as `run --kernel-btf` would.
+    #[arg(long, value_name = "PATH")]
+    pub kernel_btf: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// The flags of `auspex run`. Each is optional here: what is not given
+/// comes from the environment, the config file or the defaults (see
+/// `crate::config`), so the defaults below are documented, not applied.
+#[derive(Debug, Default, Args, serde::Serialize)]
+pub struct RunFlags {
+    /// Read options from this YAML file (keys as the flags, with `_` for
+    /// `-`; also AUSPEX_CONFIG). Flags override AUSPEX_* environment
+    /// variables, which override the file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
     /// Write events to FILE (created or truncated) instead of stdout.
     #[arg(long, short, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<PathBuf>,
 
-    /// Relocate the probe against this BTF file instead of the kernel's own
-    /// (/sys/kernel/btf/vmlinux): raw BTF or an ELF with a .BTF section.
+    /// Relocate the probe against this BTF file instead of the kernel's own:
+    /// raw BTF or an ELF with a .BTF section.
     #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub btf: Option<PathBuf>,
 
+    /// Where the running kernel's BTF is read; in a container, the host's,
+    /// mounted. If it is missing, the kernel is taken to have no BTF
+    /// [default: /sys/kernel/btf/vmlinux].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_btf: Option<PathBuf>,
+
     /// Size of the kernel ring buffer: a power of two of at least 4 KiB, with
-    /// an optional K, M or G suffix (binary units).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
-    pub ring_buffer_size: u32,
+    /// an optional K, M or G suffix (binary units) [default: 8M].
+    #[arg(long, value_name = "BYTES", value_parser = values::parse_ring_size)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_ring_size"
+    )]
+    pub ring_buffer_size: Option<u32>,
 
     /// The collection method: `auto` tries core_bpf, ebpf, proc in that
     /// order, skipping those this kernel cannot run; a named method runs or
-    /// fails with the reason.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "core_bpf", "ebpf", "proc"])]
-    pub method: String,
+    /// fails with the reason [default: auto].
+    #[arg(long, value_parser = values::parse_method)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 
-    /// How often the proc method scans /proc for connections and endpoints.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
-    pub scan_interval: Duration,
+    /// How often the proc method scans /proc for connections and endpoints
+    /// [default: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub scan_interval: Option<Duration>,
 
     /// How long the self-check may take before the method is given up (the
-    /// proc method gets one scan interval more).
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
-    pub canary_timeout: Duration,
+    /// proc method gets one scan interval more) [default: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub canary_timeout: Option<Duration>,
 
-    /// How often the method's health is checked again once it runs (0: never).
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
-    pub heartbeat_interval: Duration,
+    /// How often the method's health is checked again once it runs (0:
+    /// never) [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_heartbeat)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub heartbeat_interval: Option<Duration>,
 
     /// What to write: the raw stream of events, periodic deltas of the
-    /// connection and endpoint tables, or both.
-    #[arg(long, value_enum, default_value = "raw")]
-    pub report: Report,
+    /// connection and endpoint tables, or both [default: raw].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
 
-    /// How often the deltas are written.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
-    pub delta_interval: Duration,
+    /// How often the deltas are written [default: 30].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub delta_interval: Option<Duration>,
 
     /// A connection closed and reopened within this is reported once (0:
-    /// every connection is reported); it also delays the report of a close.
-    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
-    pub afterglow: Duration,
+    /// every connection is reported); it also delays the report of a close
+    /// [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub afterglow: Option<Duration>,
 
     /// New connections per minute a container may add to the table; more
-    /// are counted and not tracked (closes are never limited).
-    #[arg(long, value_name = "N", default_value_t = 2048)]
-    pub connection_rate_limit: u32,
+    /// are counted and not tracked (closes are never limited) [default:
+    /// 2048].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_rate_limit: Option<u32>,
 
     /// In deltas, collapse public remote addresses into one `internet` peer
-    /// (private ranges are always kept).
-    #[arg(long)]
-    pub aggregate_public: bool,
+    /// (private ranges are always kept); `--aggregate-public=false` undoes
+    /// it when the file or environment sets it [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate_public: Option<bool>,
 
-    /// Networks never collapsed by --aggregate-public (repeatable).
+    /// Networks never collapsed by --aggregate-public (repeatable; replaces
+    /// the list of the file or environment).
     #[arg(long, value_name = "CIDR")]
-    pub never_aggregate: Vec<ipnet::IpNet>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_networks"
+    )]
+    pub never_aggregate: Option<Vec<ipnet::IpNet>>,
 
-    /// Where the reason of a fatal error is written, if the file exists
-    /// (Kubernetes shows it in the pod's status).
-    #[arg(long, value_name = "PATH", default_value = "/dev/termination-log")]
-    pub termination_log: PathBuf,
+    /// Where the reason of a fatal error (or of a fallback) is written, if
+    /// the file exists; Kubernetes shows it in the pod's status [default:
+    /// /dev/termination-log].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination_log: Option<PathBuf>,
 
-    /// Where the HTTP API (/ready, /status, /metrics) listens, or `off`.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
-    pub listen: Listen,
+    /// Once the probes are loaded, drop every capability but CAP_BPF,
+    /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, set no_new_privs and install
+    /// a seccomp allow-list; `--lockdown=false` keeps full privileges, for
+    /// troubleshooting [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockdown: Option<bool>,
 
-    /// Where the gRPC event stream (auspex.v1.Events) listens, or `off`.
-    #[arg(long, value_name = "ADDR", default_value = "off", value_parser = parse_listen)]
-    pub grpc_listen: Listen,
+    /// Where the HTTP API (/live, /ready, /status, /metrics) listens, or
+    /// `off` [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Listen>,
+
+    /// Where the gRPC event stream (auspex.v1.Events) listens, or `off`
+    /// [default: off].
+    #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<Listen>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Report {
-    Raw,
-    Deltas,
-    Both,
+// Flags in the form the config layers read (skipped when None).
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    values::secs::serialize(&d.unwrap_or_default(), s)
 }
 
-/// An address to listen on, or none (`off`).
-#[derive(Debug, Clone, Copy)]
-pub struct Listen(pub Option<SocketAddr>);
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text} seconds is out of range"))
+fn opt_ring_size<S: serde::Serializer>(b: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    values::ring_size::serialize(&b.unwrap_or_default(), s)
 }
 
-fn parse_listen(text: &str) -> Result<Listen, String> {
-    if text == "off" {
-        return Ok(Listen(None));
-    }
-    text.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|_| format!("'{text}' is not an address:port (example: 127.0.0.1:8080) or off"))
-}
-
-fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&text[..i], 10),
-        Some((i, 'm' | 'M')) => (&text[..i], 20),
-        Some((i, 'g' | 'G')) => (&text[..i], 30),
-        _ => (text, 0),
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (examples: 65536, 256K, 8M)"))?;
-    let bytes = value
-        .checked_shl(shift)
-        .filter(|b| *b <= 1 << 30)
-        .ok_or_else(|| format!("{text} is too large (at most 1G)"))?;
-    if bytes < 4096 || !bytes.is_power_of_two() {
-        return Err(format!("{text} must be a power of two of at least 4K"));
-    }
-    Ok(bytes as u32)
+fn opt_networks<S: serde::Serializer>(
+    n: &Option<Vec<ipnet::IpNet>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    values::networks::serialize(n.as_deref().unwrap_or_default(), s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ring_sizes() {
-        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_ring_size("4096"), Ok(4096));
-        assert_eq!(parse_ring_size("256k"), Ok(256 << 10));
-        assert_eq!(parse_ring_size("1G"), Ok(1 << 30));
-        assert!(parse_ring_size("3M").unwrap_err().contains("power of two"));
-        assert!(parse_ring_size("2048").unwrap_err().contains("at least 4K"));
-        assert!(parse_ring_size("2G").unwrap_err().contains("too large"));
-        assert!(parse_ring_size("lots").unwrap_err().contains("not a size"));
-        assert!(parse_ring_size("").is_err());
-    }
 
     #[test]
     fn cli_is_consistent() {

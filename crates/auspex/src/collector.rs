@@ -2,6 +2,7 @@
 //! counts, and what it runs without. Every method implements this; the rest
 //! of the agent never knows which one it has.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use auspex_events::{Endpoint, Event};
@@ -29,6 +30,10 @@ pub trait Collector {
     fn seed_listeners(&mut self, _endpoints: &[Endpoint]) -> anyhow::Result<usize> {
         Ok(0)
     }
+    /// The BTF file the method's probes were relocated against, if any.
+    fn relocated_against(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl Collector for CoreBpf {
@@ -48,6 +53,10 @@ impl Collector for CoreBpf {
 
     fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
         Ok(CoreBpf::seed_listeners(self, endpoints)?)
+    }
+
+    fn relocated_against(&self) -> Option<PathBuf> {
+        Some(CoreBpf::relocated_against(self).to_path_buf())
     }
 
     fn degraded(&self) -> Vec<Degraded> {
@@ -93,6 +102,10 @@ impl Collector for LegacyBpf {
 
     fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
         Ok(LegacyBpf::seed_listeners(self, endpoints)?)
+    }
+
+    fn relocated_against(&self) -> Option<PathBuf> {
+        LegacyBpf::relocated_against(self).map(PathBuf::from)
     }
 
     fn degraded(&self) -> Vec<Degraded> {

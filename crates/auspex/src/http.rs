@@ -10,12 +10,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::metrics::Metrics;
-use crate::status::SharedStatus;
+use crate::status::{Liveness, SharedStatus, LIVENESS_STALL};
 
 #[derive(Clone)]
 struct AppState {
     status: SharedStatus,
     metrics: Arc<Metrics>,
+    liveness: Liveness,
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.
@@ -23,12 +24,18 @@ pub fn serve(
     addr: SocketAddr,
     status: SharedStatus,
     metrics: Arc<Metrics>,
+    liveness: Liveness,
 ) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
+        .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { status, metrics });
+        .with_state(AppState {
+            status,
+            metrics,
+            liveness,
+        });
     let (bound, _thread) =
         crate::server::spawn(addr, "HTTP API", "--listen", |listener| async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -36,6 +43,22 @@ pub fn serve(
             }
         })?;
     Ok(bound)
+}
+
+/// For a liveness probe: fails only when the agent's loop is stuck, not
+/// when it runs degraded or not ready (restarting would not help those).
+async fn live(State(state): State<AppState>) -> impl IntoResponse {
+    match state.liveness.since_last_beat() {
+        Some(quiet) if quiet > LIVENESS_STALL => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: the event loop has not turned for {} s\n",
+                quiet.as_secs()
+            ),
+        ),
+        Some(_) => (StatusCode::OK, "alive\n".to_string()),
+        None => (StatusCode::OK, "starting\n".to_string()),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

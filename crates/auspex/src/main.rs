@@ -4,8 +4,10 @@ mod canary;
 mod check;
 mod cli;
 mod collector;
+mod config;
 mod grpc;
 mod http;
+mod lockdown;
 mod methods;
 mod metrics;
 mod pipeline;
@@ -13,25 +15,15 @@ mod run;
 mod server;
 mod sink;
 mod status;
+mod termination;
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
-
-/// Kubernetes shows what a container wrote to its termination log as the
-/// reason it ended; the file exists only where the platform provides it.
-fn write_termination_log(path: &Path, message: &str) {
-    if path.exists() {
-        if let Err(e) = std::fs::write(path, message) {
-            eprintln!("auspex: cannot write {}: {e}", path.display());
-        }
-    }
-}
+use crate::cli::{Cli, Command, ConfigCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,7 +35,8 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match &cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(flags) => config::resolve(flags).and_then(|args| run::run(&args)),
+        Command::Config(ConfigCommand::Show(flags)) => config::show(flags),
         Command::Check(args) => check::check(args),
         // Lives until the agent closes its stdin, so that its details can
         // be read from /proc.
@@ -57,8 +50,18 @@ fn main() -> ExitCode {
         Err(e) => {
             let message = format!("{e:#}");
             eprintln!("auspex: error: {message}");
-            if let Command::Run(args) = &cli.command {
-                write_termination_log(&args.termination_log, &message);
+            if let Command::Run(flags) = &cli.command {
+                // The resolved path, or (when resolving failed) the flag's
+                // or the default.
+                let path = config::resolve(flags)
+                    .map(|args| args.termination_log)
+                    .unwrap_or_else(|_| {
+                        flags
+                            .termination_log
+                            .clone()
+                            .unwrap_or_else(|| config::RunArgs::default().termination_log)
+                    });
+                termination::write(&path, &message);
             }
             ExitCode::FAILURE
         }

@@ -9,19 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use auspex_events::{Endpoint, EventKind};
-use auspex_probe::btf::KERNEL_BTF;
 use auspex_probe::features::{self, Check, FeatureReport};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::canary::{timed_out, Canary, CanaryEvents};
-use crate::cli::{Report, RunArgs};
 use crate::collector::Collector;
+use crate::config::{Report, RunArgs};
 use crate::grpc::Feed;
 use crate::methods::{self, Method, MethodConfig};
 use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::sink::JsonLines;
-use crate::status::{now_secs, Attempt, CheckResult, Outcome, SharedStatus};
+use crate::status::{now_secs, Attempt, BtfUsed, CheckResult, Liveness, Outcome, SharedStatus};
 
 /// How long one poll may wait; bounds how late a stop request is noticed.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -36,6 +35,7 @@ const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 struct Agent {
     stop: Arc<AtomicBool>,
     status: SharedStatus,
+    liveness: Liveness,
     metrics: Arc<Metrics>,
     pipeline: Pipeline,
     canaries: CanaryEvents,
@@ -52,10 +52,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(path) => JsonLines::create(path)?,
         None => JsonLines::stdout(),
     };
+    auspex_probe::btf::read_kernel_btf_at(&args.kernel_btf);
     let status = SharedStatus::default();
+    let liveness = Liveness::default();
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = args.listen.0 {
-        let bound = crate::http::serve(addr, Arc::clone(&status), Arc::clone(&metrics))?;
+        let bound = crate::http::serve(
+            addr,
+            Arc::clone(&status),
+            Arc::clone(&metrics),
+            liveness.clone(),
+        )?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
     let (feed, grpc) = match args.grpc_listen.0 {
@@ -84,7 +91,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         s.method_requested = args.method.clone();
         s.btf_source = match &args.btf {
             Some(path) => format!("file {}", path.display()),
-            None => format!("kernel {KERNEL_BTF}"),
+            None => format!("kernel {}", args.kernel_btf.display()),
         };
         s.features = Some(features.clone());
         s.not_ready_reason = Some("choosing a collection method".into());
@@ -92,6 +99,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut agent = Agent {
         stop,
         status,
+        liveness,
         metrics: Arc::clone(&metrics),
         pipeline: Pipeline::new(
             sink,
@@ -107,7 +115,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (method, mut collector) = agent.choose(args, &features)?;
     agent.log_diagnostics();
+    agent.report_btf(collector.as_ref(), args);
+    agent.report_fallbacks(args);
     agent.scrape(method, collector.as_mut());
+    if args.lockdown {
+        let state = crate::lockdown::apply();
+        tracing::info!(
+            "locked down: capabilities {:?}, no_new_privs {}, seccomp {}",
+            state.capabilities,
+            state.no_new_privs,
+            state.seccomp
+        );
+        agent.status.lock().unwrap().lockdown = Some(state);
+    }
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
     agent.set_ready(None);
@@ -257,6 +277,50 @@ impl Agent {
         }
     }
 
+    /// Names the BTF the method relocated against, with its checksum.
+    fn report_btf(&self, collector: &dyn Collector, args: &RunArgs) {
+        let used = collector.relocated_against().and_then(|path| {
+            let origin = if args.btf.as_deref() == Some(path.as_path()) {
+                "file"
+            } else {
+                "kernel"
+            };
+            BtfUsed::read(&path, origin)
+                .inspect_err(|e| tracing::warn!("cannot checksum {}: {e}", path.display()))
+                .ok()
+        });
+        if let Some(b) = &used {
+            tracing::info!(
+                "BTF: {} ({}), sha256 {}",
+                b.path.display(),
+                b.origin,
+                b.sha256
+            );
+        }
+        self.status.lock().unwrap().btf = used;
+    }
+
+    /// A method given up for the next is also written to the termination
+    /// log, so that the pod's status shows it (a fatal error later
+    /// overwrites it).
+    fn report_fallbacks(&self, args: &RunArgs) {
+        let s = self.status.lock().unwrap();
+        let (Some(method), Some((_, given_up))) = (s.method, s.attempts.split_last()) else {
+            return;
+        };
+        if given_up.is_empty() {
+            return;
+        }
+        let reasons: Vec<String> = given_up
+            .iter()
+            .map(|a| format!("{} ({}): {}", a.method, a.outcome, a.reason))
+            .collect();
+        crate::termination::write(
+            &args.termination_log,
+            &format!("running {method} after: {}", reasons.join("; ")),
+        );
+    }
+
     /// Reports what existed before the method ran (its own canaries
     /// excepted), and hands the method the listeners' owners. The proc
     /// method's first scan reports sockets itself.
@@ -300,6 +364,7 @@ impl Agent {
         };
         self.canaries.remember(&canary);
         loop {
+            self.liveness.beat();
             let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
             let polled = collector.poll(POLL_INTERVAL, &mut |mut e| {
                 pipeline.enrich(&mut e);
@@ -341,6 +406,7 @@ impl Agent {
         let mut heartbeat: Option<Canary> = None;
         let mut next_publish = Instant::now();
         while !self.stop.load(Ordering::Relaxed) && !self.pipeline.sink.failed() {
+            self.liveness.beat();
             let (pipeline, canaries) = (&mut self.pipeline, &self.canaries);
             collector.poll(POLL_INTERVAL, &mut |mut e| {
                 pipeline.enrich(&mut e);

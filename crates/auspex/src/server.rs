@@ -27,6 +27,10 @@ where
     let thread = std::thread::Builder::new()
         .name(flag.trim_start_matches("--").into())
         .spawn(move || {
+            // Serving needs no capability; dropped here, since
+            // capabilities are per thread and the lockdown after loading
+            // reaches only the thread that loads.
+            crate::lockdown::drop_all_for_this_thread();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -4,7 +4,11 @@
 //! (which reads).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use auspex_probe::features::FeatureReport;
 use serde::Serialize;
@@ -79,8 +83,14 @@ pub struct Status {
     pub method_requested: String,
     pub attempts: Vec<Attempt>,
     pub btf_source: String,
+    /// The BTF the running method was relocated against; None when it
+    /// runs without (proc, or ebpf without CO-RE reads).
+    pub btf: Option<BtfUsed>,
     pub features: Option<FeatureReport>,
     pub degraded: Vec<Degraded>,
+    /// What the agent keeps of its privileges once running; None until
+    /// then, or when --lockdown=false.
+    pub lockdown: Option<crate::lockdown::Lockdown>,
     pub canary: Option<CheckResult>,
     pub heartbeat: Heartbeat,
     pub events: BTreeMap<&'static str, u64>,
@@ -93,4 +103,65 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A BTF file in use, identified by its checksum: in a container, it shows
+/// whether the mounted file is the running kernel's.
+#[derive(Debug, Clone, Serialize)]
+pub struct BtfUsed {
+    pub path: PathBuf,
+    /// `kernel`: the running kernel's own BTF (wherever it was read);
+    /// `file`: a `--btf` file.
+    pub origin: &'static str,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl BtfUsed {
+    pub fn read(path: &Path, origin: &'static str) -> io::Result<BtfUsed> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let bytes = io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+        let sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(BtfUsed {
+            path: path.to_path_buf(),
+            origin,
+            sha256,
+            bytes,
+        })
+    }
+}
+
+/// Whether the agent's loop still turns: the run loop beats on every poll,
+/// /live answers from it. A loop stuck (on a stalled output, say) is not
+/// alive, even if the HTTP server on its own thread still answers.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness(Arc<AtomicU64>);
+
+/// How long the loop may go without a beat before /live fails. Polls return
+/// within 100 ms; loading a probe (the verifier) takes about a second here.
+pub const LIVENESS_STALL: Duration = Duration::from_secs(30);
+
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // +1: zero means "no beat yet".
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Liveness {
+    pub fn beat(&self) {
+        self.0.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last beat; None before the first.
+    pub fn since_last_beat(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            last => Some(Duration::from_millis(monotonic_ms().saturating_sub(last))),
+        }
+    }
 }

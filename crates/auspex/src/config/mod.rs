@@ -1,0 +1,268 @@
+//! The options of `auspex run`, resolved from four layers: the command line
+//! over `AUSPEX_*` environment variables over a YAML config file over the
+//! defaults. figment does the layering; every layer is read through the same
+//! serde definitions, so a value is checked the same way wherever it comes
+//! from, and an error names the key and where it was set.
+
+mod show;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::bail;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+pub use show::show;
+pub use values::{Listen, Report};
+
+use crate::cli::RunFlags;
+
+/// The environment variable prefix: `AUSPEX_METHOD` sets `method`.
+pub const ENV_PREFIX: &str = "AUSPEX_";
+/// Names the config file when `--config` does not.
+pub const CONFIG_ENV: &str = "AUSPEX_CONFIG";
+
+/// Whether an `AUSPEX_*` variable (its name lowercased, without the prefix)
+/// is a run option. Other variables under the prefix are ignored, with a
+/// warning unless they are known not to be meant for the agent: the config
+/// file's name, the test suite's settings (`AUSPEX_TEST_*`) and the service
+/// links Kubernetes adds for a Service named `auspex` (`AUSPEX_SERVICE_HOST`,
+/// `AUSPEX_PORT_8080_TCP`, ...; no option has `port` or `service_host` in
+/// its name). Unlike a key in the config file, a variable is not addressed
+/// to the agent alone: the environment is shared with the scripts and
+/// platform that start it, so an unknown name is not an error.
+fn is_option(key: &str) -> bool {
+    option_keys().iter().any(|k| k == key)
+}
+
+fn meant_for_others(key: &str) -> bool {
+    key == "config"
+        || key.starts_with("test_")
+        || key.contains("port")
+        || key.contains("service_host")
+}
+
+/// The keys of every run option.
+fn option_keys() -> Vec<String> {
+    match serde_json::to_value(RunArgs::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => unreachable!("options serialise as a map"),
+    }
+}
+
+/// `AUSPEX_*` variables that are not options and look meant for the agent.
+fn unknown_variables() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.strip_prefix(ENV_PREFIX).is_some_and(|key| {
+                let key = key.to_ascii_lowercase();
+                !is_option(&key) && !meant_for_others(&key)
+            })
+        })
+        .collect()
+}
+
+/// The effective options of `auspex run`. Keys of the config file and the
+/// environment are these field names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunArgs {
+    /// The collection method, or `auto`.
+    #[serde(with = "values::method")]
+    pub method: String,
+    /// A BTF file to relocate the probes against instead of the kernel's.
+    pub btf: Option<PathBuf>,
+    /// Where the running kernel's own BTF is read (in a container: the
+    /// host's, mounted).
+    pub kernel_btf: PathBuf,
+    #[serde(with = "values::ring_size")]
+    pub ring_buffer_size: u32,
+    /// Events go here instead of stdout.
+    pub output: Option<PathBuf>,
+    pub listen: Listen,
+    pub grpc_listen: Listen,
+    pub report: Report,
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
+    pub scan_interval: Duration,
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
+    pub canary_timeout: Duration,
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::heartbeat"
+    )]
+    pub heartbeat_interval: Duration,
+    #[serde(
+        serialize_with = "values::secs::serialize",
+        deserialize_with = "values::secs::interval"
+    )]
+    pub delta_interval: Duration,
+    #[serde(with = "values::secs")]
+    pub afterglow: Duration,
+    pub connection_rate_limit: u32,
+    pub aggregate_public: bool,
+    #[serde(with = "values::networks")]
+    pub never_aggregate: Vec<ipnet::IpNet>,
+    pub termination_log: PathBuf,
+    /// After loading: drop capabilities, set no_new_privs, install seccomp.
+    pub lockdown: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            method: "auto".into(),
+            btf: None,
+            kernel_btf: auspex_probe::btf::KERNEL_BTF.into(),
+            ring_buffer_size: 8 << 20,
+            output: None,
+            listen: values::parse_listen("127.0.0.1:8080").expect("a valid address"),
+            grpc_listen: Listen(None),
+            report: Report::Raw,
+            scan_interval: Duration::from_secs(5),
+            canary_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(60),
+            delta_interval: Duration::from_secs(30),
+            afterglow: Duration::from_secs(300),
+            connection_rate_limit: 2048,
+            aggregate_public: false,
+            never_aggregate: Vec::new(),
+            termination_log: "/dev/termination-log".into(),
+            lockdown: true,
+        }
+    }
+}
+
+/// The command line as a figment layer, named so that `config show` and
+/// errors can say a value came from a flag.
+struct CommandLine<'a>(&'a RunFlags);
+
+impl Provider for CommandLine<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command line").interpolater(|_, keys| format!("--{}", flag(keys)))
+    }
+
+    fn data(&self) -> figment::Result<figment::value::Map<Profile, figment::value::Dict>> {
+        Serialized::defaults(self.0).data()
+    }
+}
+
+/// The flag of a config key.
+fn flag<K: AsRef<str>>(keys: &[K]) -> String {
+    keys.iter()
+        .map(|k| k.as_ref().replace('_', "-"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The layers, lowest first.
+fn figment(flags: &RunFlags) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(RunArgs::default()));
+    if let Some(path) = config_path(flags) {
+        figment = figment.merge(Yaml::file_exact(path));
+    }
+    let env = Env::prefixed(ENV_PREFIX).filter(|key| is_option(&key.as_str().to_ascii_lowercase()));
+    figment.merge(env).merge(CommandLine(flags))
+}
+
+/// The config file: `--config`, else `AUSPEX_CONFIG`.
+fn config_path(flags: &RunFlags) -> Option<PathBuf> {
+    flags
+        .config
+        .clone()
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+}
+
+/// Resolves the options of `auspex run`; an error names the key, where its
+/// value came from, and (for a YAML syntax error) the line.
+pub fn resolve(flags: &RunFlags) -> anyhow::Result<RunArgs> {
+    for name in unknown_variables() {
+        tracing::warn!(
+            "ignoring the environment variable {name}: not a run option (see auspex run --help)"
+        );
+    }
+    if let Some(path) = config_path(flags) {
+        check_file(&path)?;
+    }
+    figment(flags)
+        .extract::<RunArgs>()
+        .map_err(|e| anyhow::anyhow!(explain(e)))
+}
+
+/// figment reads a missing file as an empty one; a config file that was
+/// named must exist.
+fn check_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => bail!("config file {}: not a regular file", path.display()),
+        Err(e) => bail!("config file {}: {e}", path.display()),
+    }
+}
+
+/// One line per error: "<where>: <key>: <what>".
+fn explain(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let place = match &e.metadata {
+                Some(m) => origin(m, &e.path),
+                None => "configuration".into(),
+            };
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => {
+                    return unknown_key(e.metadata.as_ref(), field);
+                }
+                kind => kind.to_string(),
+            };
+            if key.is_empty() {
+                format!("{place}: {what}")
+            } else {
+                format!("{place}: {key}: {what}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An unknown key of the config file (the environment's are filtered out).
+fn unknown_key(metadata: Option<&Metadata>, key: &str) -> String {
+    match metadata {
+        Some(m) => format!(
+            "{}: unknown key `{key}` (see auspex run --help)",
+            origin(m, &[] as &[&str])
+        ),
+        None => format!("unknown key `{key}`"),
+    }
+}
+
+/// Where a value came from, for messages: "config file PATH", "environment
+/// variable AUSPEX_X", "flag --x", "default".
+fn origin<K: AsRef<str>>(metadata: &Metadata, keys: &[K]) -> String {
+    if let Some(path) = metadata.source.as_ref().and_then(|s| s.file_path()) {
+        return format!("config file {}", path.display());
+    }
+    match metadata.name.as_ref() {
+        "command line" => format!("flag --{}", flag(keys)),
+        name if name.contains("environment") => format!(
+            "environment variable {ENV_PREFIX}{}",
+            keys.iter()
+                .map(|k| k.as_ref().to_uppercase())
+                .collect::<Vec<_>>()
+                .join("_")
+        ),
+        _ => "default".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
