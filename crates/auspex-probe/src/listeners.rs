@@ -6,13 +6,11 @@
 use auspex_events::{Endpoint, Process, Protocol};
 use libbpf_rs::{MapCore, MapFlags};
 
+use crate::decode::{AF_INET, AF_INET6};
 use crate::error::{errno_of, explain, ProbeError};
 use crate::skel::network::types::listener_key;
 use crate::skel::types::task_info;
 use crate::wire::bytes_of;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// What the probes would have recorded at listen() for the owner.
 fn owner(p: &Process) -> task_info {
