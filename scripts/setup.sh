@@ -17,10 +17,16 @@ die() { say "error: $*"; exit 1; }
 # compiles the gRPC service definition. The kernel
 # matrix (scripts/kernel-matrix) boots kernels with qemu and a busybox
 # initramfs (cpio, kmod's modinfo, xz and zstd for Debian's packages) and
-# builds one kernel (bc, libelf-dev).
+# builds one kernel (bc, libelf-dev). Debian's prometheus package brings
+# promtool, which checks the agent's /metrics in the tests. The deploy test
+# (scripts/deploy-test) builds the container image and runs the chart's pod
+# with podman and runc (crun, podman's default, refuses hybrid cgroup
+# hosts), binutils strips the image's binary, and python3-venv holds the
+# test's PyPI tools.
 packages=(clang-19 gcc libc6-dev make pkg-config autoconf automake autopoint libtool
           flex bison gawk util-linux ca-certificates iproute2 python3 protobuf-compiler
-          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev)
+          qemu-system-x86 busybox-static cpio kmod xz-utils zstd bc libelf-dev prometheus
+          podman runc binutils python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -36,6 +42,19 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || die "cargo not found: install Rust 1.82 or later (https://rustup.rs)"
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
 [ "$rust_minor" -ge 82 ] || die "Rust $(rustc --version) is too old: 1.82 or later is needed"
+
+# The deploy test's Python tools (Helm's engine, the Kubernetes schemas), in
+# a venv outside the clone so that a fresh clone reuses it; reinstalled only
+# when requirements.txt changes.
+venv=${AUSPEX_DEPLOY_VENV:-$HOME/.cache/auspex/deploy-venv}
+requirements=$(dirname "$0")/deploy-test/requirements.txt
+if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+    say "installing the deploy test's Python tools into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/requirements.txt"
+fi
 
 # tracefs: classic tracepoints are attached through it. bpffs: for pinning.
 # Neither is mounted at boot on every machine.

@@ -15,6 +15,15 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 cargo fmt --all -- --check || status=1
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings || status=1
 
+# The deployment artifacts with the real tools: the Helm chart rendered,
+# linted and validated, the container image built, and the chart's pod run
+# under podman (docs/deploy.md, "How it is tested"). AUSPEX_DEPLOY_TEST=off
+# skips it for a quick local run; CI never does.
+if [ "${AUSPEX_DEPLOY_TEST:-on}" != off ]; then
+    venv=${AUSPEX_DEPLOY_VENV:-$HOME/.cache/auspex/deploy-venv}
+    "$venv/bin/python" scripts/deploy-test/run.py 2>&1 | tee -a "$log" || status=1
+fi
+
 # The tests pin nothing; this catches a regression. progs.debug and
 # maps.debug belong to the kernel.
 left=$(find /sys/fs/bpf -mindepth 1 ! -name '*.debug' 2>/dev/null | head -5)
@@ -23,7 +32,12 @@ if [ -n "$left" ]; then
     status=1
 fi
 
-sum() { sed -nE "s/^test result: .* ([0-9]+) $1;.*/\1/p" "$log" | awk '{s += $1} END {print s + 0}'; }
+sum() {
+    {
+        sed -nE "s/^test result: .* ([0-9]+) $1;.*/\1/p" "$log"
+        sed -nE "s/^deploy: .*\<([0-9]+) $1\>.*/\1/p" "$log"
+    } | awk '{s += $1} END {print s + 0}'
+}
 echo "tests: $(sum passed) passed, $(sum failed) failed"
 
 # The same probe on other kernels: Debian's 5.10 to newest and one built

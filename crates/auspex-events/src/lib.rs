@@ -32,7 +32,11 @@ impl Event {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Its variants' names (`EventKindDiscriminants`, derived) are the `type`
+/// of the JSON form and the label of metrics, listed by [`EventKind::names`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, strum::EnumDiscriminants)]
+#[strum_discriminants(derive(strum::EnumIter, strum::IntoStaticStr))]
+#[strum_discriminants(strum(serialize_all = "snake_case"))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// A process replaced its image (execve/execveat succeeded).
@@ -69,17 +73,13 @@ pub enum EventKind {
 impl EventKind {
     /// The `type` value of the JSON form.
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::ProcessExec { .. } => "process_exec",
-            EventKind::ProcessFork { .. } => "process_fork",
-            EventKind::ProcessExit { .. } => "process_exit",
-            EventKind::ConnectionOpen(_) => "connection_open",
-            EventKind::ConnectionClose(_) => "connection_close",
-            EventKind::EndpointOpen(_) => "endpoint_open",
-            EventKind::EndpointClose(_) => "endpoint_close",
-            EventKind::ConnectionsDelta(_) => "connections_delta",
-            EventKind::EndpointsDelta(_) => "endpoints_delta",
-        }
+        EventKindDiscriminants::from(self).into()
+    }
+
+    /// Every event type's name.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        use strum::IntoEnumIterator;
+        EventKindDiscriminants::iter().map(Into::into)
     }
 
     /// The process the event is about, when known.
@@ -318,6 +318,28 @@ mod tests {
             cgroup_id: 7,
             ..Process::default()
         }
+    }
+
+    #[test]
+    fn names_are_the_json_types() {
+        let names: Vec<_> = EventKind::names().collect();
+        assert_eq!(
+            names,
+            [
+                "process_exec",
+                "process_fork",
+                "process_exit",
+                "connection_open",
+                "connection_close",
+                "endpoint_open",
+                "endpoint_close",
+                "connections_delta",
+                "endpoints_delta"
+            ]
+        );
+        let exec = EventKind::ProcessExec { process: process() };
+        let json = serde_json::to_value(Event::new(time(), exec.clone())).unwrap();
+        assert_eq!(json["type"], exec.name());
     }
 
     #[test]

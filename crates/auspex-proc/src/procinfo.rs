@@ -21,14 +21,24 @@ impl Default for ProcReader {
 
 impl ProcReader {
     pub fn new() -> Self {
+        // The hierarchy's root is inode 1 on cgroup2; prefer it over a
+        // mount whose mountinfo root is `/` (in a container with its own
+        // cgroup namespace, that is the container's own cgroup), as
+        // auspex_probe::cgroup::cgroup2_mount does.
         let cgroup2 = ProcProcess::myself()
             .and_then(|p| p.mountinfo())
             .ok()
             .and_then(|mounts| {
-                mounts
+                let v2: Vec<_> = mounts
                     .into_iter()
-                    .find(|m| m.fs_type == "cgroup2" && m.root == "/")
-                    .map(|m| m.mount_point)
+                    .filter(|m| m.fs_type == "cgroup2")
+                    .collect();
+                let is_root =
+                    |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == 1);
+                v2.iter()
+                    .find(|m| is_root(&m.mount_point))
+                    .or_else(|| v2.iter().find(|m| m.root == "/"))
+                    .map(|m| m.mount_point.clone())
             });
         ProcReader { cgroup2 }
     }

@@ -56,6 +56,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let status = SharedStatus::default();
     let liveness = Liveness::default();
     let metrics = Arc::new(Metrics::new());
+    let order: Vec<&str> = methods::registered().iter().map(|m| m.name()).collect();
+    metrics.start_at_zero(&order);
     if let Some(addr) = args.listen.0 {
         let bound = crate::http::serve(
             addr,
@@ -130,6 +132,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
+    // The method's drop causes are in /metrics (at zero) once it is ready.
+    agent.publish(collector.as_ref())?;
     agent.set_ready(None);
     for d in collector.degraded() {
         tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);

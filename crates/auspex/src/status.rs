@@ -29,6 +29,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcomes that make `auto` move to the next method.
+    pub const FALLBACK_REASONS: [Outcome; 3] =
+        [Outcome::Skipped, Outcome::Failed, Outcome::CanaryMissed];
+
     /// As in /status (and the fallback metric's reason label).
     pub fn label(self) -> &'static str {
         match self {

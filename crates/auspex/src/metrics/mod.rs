@@ -1,4 +1,8 @@
-//! Prometheus metrics: the active method, fallbacks, events and drops.
+//! Prometheus metrics: the active method, fallbacks, events and drops, in
+//! OpenMetrics or (for scrapers that ask for it, and by default) the classic
+//! text format.
+
+mod classic;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -95,10 +99,44 @@ impl Metrics {
         );
     }
 
-    pub fn encode(&self) -> String {
+    /// OpenMetrics text (`application/openmetrics-text; version=1.0.0`).
+    pub fn encode_openmetrics(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry.lock().unwrap())
             .expect("writing to a String cannot fail");
         text
+    }
+
+    /// The classic Prometheus text format (`text/plain; version=0.0.4`).
+    pub fn encode_classic(&self) -> String {
+        classic::from_openmetrics(&self.encode_openmetrics())
+    }
+
+    /// Counts of what has not happened yet, at zero, so that dashboards and
+    /// alerts have a series to bind to: every event type, and every
+    /// fallback between the methods tried in `order` (to the next, or to
+    /// none when a method was asked for by name), for each reason.
+    pub fn start_at_zero(&self, order: &[&str]) {
+        for kind in auspex_events::EventKind::names() {
+            self.events
+                .get_or_create(&TypeLabel {
+                    r#type: kind.to_string(),
+                })
+                .inc_by(0);
+        }
+        for (i, from) in order.iter().enumerate() {
+            let next = order.get(i + 1).copied();
+            for to in next.into_iter().chain(["none"]) {
+                for reason in crate::status::Outcome::FALLBACK_REASONS {
+                    self.fallbacks
+                        .get_or_create(&FallbackLabels {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            reason: reason.label().into(),
+                        })
+                        .inc_by(0);
+                }
+            }
+        }
     }
 }

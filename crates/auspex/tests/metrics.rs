@@ -1,0 +1,135 @@
+//! /metrics as the ecosystem's tools read it: Debian's promtool (which reads
+//! only the classic text format) checks the default answer with no warning,
+//! OpenMetrics comes when asked for, and every family a dashboard binds to
+//! is there, at zero, before anything happened. Needs root and promtool
+//! (scripts/setup.sh installs Debian's prometheus package for it).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::Agent;
+
+/// GET /metrics with an Accept header: (content type, body).
+fn scrape(agent: &Agent, accept: Option<&str>) -> (String, String) {
+    let addr = agent.http_addr();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+#[test]
+fn promtool_checks_the_default_answer_without_a_warning() {
+    let agent = Agent::start(&["--method", "core_bpf"]);
+    let (content_type, text) = scrape(&agent, None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed: scripts/setup.sh installs it (Debian's prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\n{text}");
+    assert_eq!(said.trim(), "", "promtool warned:\n{text}");
+
+    // Plain text/plain (curl's */* too) gets the same.
+    assert_eq!(
+        scrape(&agent, Some("text/plain")).1.lines().next(),
+        text.lines().next()
+    );
+}
+
+#[test]
+fn openmetrics_when_asked_for() {
+    let agent = Agent::start(&["--method", "core_bpf"]);
+    // What Prometheus sends.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                  version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, text) = scrape(&agent, Some(accept));
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE auspex_method info\n"), "{text}");
+}
+
+#[test]
+fn every_family_is_there_before_anything_happened() {
+    // The agent asked for one method: a fallback from it goes to none.
+    let agent = Agent::start(&["--method", "core_bpf"]);
+    let (_, text) = scrape(&agent, None);
+    let has = |series: &str| text.lines().any(|l| l.starts_with(series));
+    for kind in [
+        "process_exec",
+        "process_fork",
+        "process_exit",
+        "connection_open",
+        "connection_close",
+        "endpoint_open",
+        "endpoint_close",
+        "connections_delta",
+        "endpoints_delta",
+    ] {
+        assert!(
+            has(&format!("auspex_events_total{{type=\"{kind}\"}}")),
+            "{kind}:\n{text}"
+        );
+    }
+    for (from, to) in [
+        ("core_bpf", "ebpf"),
+        ("core_bpf", "none"),
+        ("ebpf", "proc"),
+        ("ebpf", "none"),
+        ("proc", "none"),
+    ] {
+        for reason in ["skipped", "failed", "canary_missed"] {
+            let series = format!(
+                "auspex_fallbacks_total{{from=\"{from}\",to=\"{to}\",reason=\"{reason}\"}} 0"
+            );
+            assert!(has(&series), "{series}:\n{text}");
+        }
+    }
+    for cause in [
+        "buffer_full_exec",
+        "undecodable_record",
+        "process_table_evicted",
+    ] {
+        assert!(
+            has(&format!("auspex_drops_total{{cause=\"{cause}\"}} 0")),
+            "{cause}:\n{text}"
+        );
+    }
+    assert!(has("auspex_heartbeat_misses_total 0"), "{text}");
+    assert!(has("auspex_grpc_events_dropped_total 0"), "{text}");
+}
