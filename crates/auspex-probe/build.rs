@@ -33,23 +33,10 @@ fn main() {
             ])
             .build_and_generate(out.join(format!("{probe}.skel.rs")))
             .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
-        println!("cargo:rerun-if-changed={src}");
     }
-    for header in [
-        "bpf/counters.h",
-        "bpf/events.h",
-        "bpf/exec.h",
-        "bpf/exit_once.h",
-        "bpf/perf_output.h",
-        "bpf/reads.h",
-        "bpf/output.h",
-        "bpf/owners.h",
-        "bpf/scratch.h",
-        "bpf/task.h",
-        "bpf/vmlinux.h",
-    ] {
-        println!("cargo:rerun-if-changed={header}");
-    }
+    // The sources, bpf/lib/'s shared headers, events.h and vmlinux.h: a
+    // directory is watched recursively.
+    println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
 }
 

@@ -123,6 +123,23 @@ impl Agent {
         }
     }
 
+    /// Kernel ids of the BPF programs it holds (the `prog_id` of its
+    /// program and link fds): on a shared machine other agents run
+    /// programs of the same names.
+    pub fn program_ids(&self) -> std::collections::HashSet<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("prog_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect()
+    }
+
     /// Stops it (SIGTERM) and returns its summary line.
     pub fn stop(mut self) -> anyhow::Result<String> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;

@@ -298,10 +298,15 @@ fn completeness(
     Ok(table)
 }
 
-/// Sum of (run time, runs) per program name.
-fn program_totals() -> std::collections::HashMap<String, (u64, u64)> {
+/// Sum of (run time, runs) per program name, over the programs `ours`.
+fn program_totals(
+    ours: &std::collections::HashSet<u32>,
+) -> std::collections::HashMap<String, (u64, u64)> {
     let mut totals = std::collections::HashMap::new();
-    for p in auspex_probe::program_run_stats() {
+    for p in auspex_probe::program_run_stats()
+        .into_iter()
+        .filter(|p| ours.contains(&p.id))
+    {
         let t = totals.entry(p.name).or_insert((0u64, 0u64));
         t.0 += p.run_time_ns;
         t.1 += p.run_count;
@@ -317,6 +322,8 @@ fn kernel_cost(binary: &Path, count: u32) -> anyhow::Result<String> {
     let result = (|| -> anyhow::Result<String> {
         let out = output_file("kernel-cost");
         let agent = Agent::start(binary, "core_bpf", &out)?;
+        let ours = agent.program_ids();
+        let program_totals = || program_totals(&ours);
         let delta = |before: &std::collections::HashMap<String, (u64, u64)>, names: &[&str]| {
             let after = program_totals();
             names

@@ -15,19 +15,14 @@
 #include <bpf/bpf_helpers.h>
 
 #include "events.h"
-#include "counters.h"
-#include "owners.h"
-#include "scratch.h"
-#include "perf_output.h"
+#include "lib/constants.h"
+#include "lib/counters.h"
+#include "lib/owners.h"
+#include "lib/perf_output.h"
+#include "lib/scratch.h"
+#include "lib/tcp_state.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define AF_INET 2
-#define IPPROTO_TCP 6
-#define CLONE_THREAD 0x00010000
-
-
-
 
 /* Exit codes by process, from exit_group, until the process is gone. */
 struct {
@@ -36,22 +31,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } exit_codes SEC(".maps");
-
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct sock_owner);
-} sock_owners SEC(".maps");
-
-/* Listeners by (port, family): without BTF the network namespace is unknown. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, struct task_info);
-} listeners SEC(".maps");
 
 /* Tracepoint argument layouts (see /sys/kernel/tracing/events/.../format). */
 struct tp_sched_process_exec {
@@ -89,8 +68,6 @@ struct tp_inet_sock_set_state {
 	__u8 saddr_v6[16];
 	__u8 daddr_v6[16];
 };
-
-
 
 /* The current task, as far as helpers tell (no parent). */
 static __always_inline void current_task(struct task_info *info)
@@ -201,9 +178,24 @@ int legacy_exit(void *ctx)
 	return 0;
 }
 
-static __always_inline void emit_sock(struct tp_inet_sock_set_state *ctx, __u32 kind, __u8 role,
-				      struct task_info *owner, __u16 local_port)
+/* TCP: the state machine of lib/tcp_state.h over the tracepoint's
+ * arguments, which describe the socket without reading it. */
+struct tcp_view {
+	struct tp_inet_sock_set_state *args;
+};
+
+static __always_inline struct listener_key tcp_listener_of(const struct tcp_view *v)
 {
+	/* No network namespace without BTF: keyed by port and family. */
+	struct listener_key key = { .port = v->args->sport, .family = v->args->family };
+
+	return key;
+}
+
+static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 role,
+				     const struct task_info *owner, __u16 local_port)
+{
+	struct tp_inet_sock_set_state *args = v->args;
 	__u32 zero = 0;
 	struct sock_event *e = bpf_map_lookup_elem(&scratch, &zero);
 
@@ -212,92 +204,34 @@ static __always_inline void emit_sock(struct tp_inet_sock_set_state *ctx, __u32 
 	e->hdr.kind = kind;
 	e->hdr.size = sizeof(*e);
 	e->hdr.boot_ns = bpf_ktime_get_boot_ns();
-	if (owner)
-		e->hdr.task = *owner;
-	else
-		__builtin_memset(&e->hdr.task, 0, sizeof(e->hdr.task));
-	e->flags = owner ? AUSPEX_SOCK_OWNER_KNOWN : 0;
-	e->sock = ctx->skaddr;
+	e->flags = 0;
+	set_owner(e, owner);
+	e->sock = args->skaddr;
 	e->netns = 0;
-	e->family = ctx->family;
-	e->protocol = ctx->protocol;
+	e->family = args->family;
+	e->protocol = args->protocol;
 	e->role = role;
-	e->local_port = local_port ? local_port : ctx->sport;
-	e->remote_port = ctx->dport;
+	e->local_port = local_port ? local_port : args->sport;
+	e->remote_port = args->dport;
 	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
-	if (ctx->family == AF_INET) {
-		__builtin_memcpy(e->local_addr, ctx->saddr, 4);
-		__builtin_memcpy(e->remote_addr, ctx->daddr, 4);
+	if (args->family == AF_INET) {
+		__builtin_memcpy(e->local_addr, args->saddr, 4);
+		__builtin_memcpy(e->remote_addr, args->daddr, 4);
 	} else {
-		__builtin_memcpy(e->local_addr, ctx->saddr_v6, 16);
-		__builtin_memcpy(e->remote_addr, ctx->daddr_v6, 16);
+		__builtin_memcpy(e->local_addr, args->saddr_v6, 16);
+		__builtin_memcpy(e->remote_addr, args->daddr_v6, 16);
 	}
-	emit(ctx, e, sizeof(*e), AUSPEX_DROP_RINGBUF_NET);
+	emit(args, e, sizeof(*e), AUSPEX_DROP_RINGBUF_NET);
 }
 
-static __always_inline void remember(__u64 *sk, struct task_info *task, __u32 role, __u16 port)
-{
-	struct sock_owner owner = { .task = *task, .role = role, .port = port };
-
-	if (bpf_map_update_elem(&sock_owners, sk, &owner, BPF_ANY))
-		count(AUSPEX_DROP_SOCK_OWNERS_FULL);
-}
-
-/* The same transitions as the core_bpf network probe (network.bpf.c), read
- * from the tracepoint's arguments instead of the socket. */
 SEC("tracepoint/sock/inet_sock_set_state")
 int legacy_tcp_state(struct tp_inet_sock_set_state *ctx)
 {
+	struct tcp_view v = { .args = ctx };
+
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
-	__u64 key = ctx->skaddr;
-	int oldstate = ctx->oldstate, newstate = ctx->newstate;
-	__u32 lkey = ((__u32)ctx->family << 16) | ctx->sport;
-	struct task_info owner;
-	struct sock_owner *known;
-
-	if (newstate == TCP_SYN_SENT) {
-		current_task(&owner);
-		remember(&key, &owner, AUSPEX_ROLE_CLIENT, 0);
-	} else if (newstate == TCP_LISTEN) {
-		current_task(&owner);
-		remember(&key, &owner, AUSPEX_ROLE_SERVER, ctx->sport);
-		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
-			count(AUSPEX_DROP_LISTENERS_FULL);
-		emit_sock(ctx, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner, 0);
-	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
-		known = bpf_map_lookup_elem(&sock_owners, &key);
-		if (known) {
-			__u32 listener = ((__u32)ctx->family << 16) | known->port;
-
-			emit_sock(ctx, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, &known->task,
-				  known->port);
-			bpf_map_delete_elem(&listeners, &listener);
-		} else {
-			emit_sock(ctx, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, NULL, 0);
-		}
-		bpf_map_delete_elem(&sock_owners, &key);
-	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		known = bpf_map_lookup_elem(&sock_owners, &key);
-		emit_sock(ctx, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT,
-			  known ? &known->task : NULL, 0);
-	} else if (oldstate == TCP_SYN_SENT) {
-		bpf_map_delete_elem(&sock_owners, &key);
-	} else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-		struct task_info *listener = bpf_map_lookup_elem(&listeners, &lkey);
-
-		if (listener) {
-			owner = *listener;
-			remember(&key, &owner, AUSPEX_ROLE_SERVER, 0);
-		}
-		emit_sock(ctx, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_SERVER,
-			  listener ? &owner : NULL, 0);
-	} else if (oldstate == TCP_ESTABLISHED) {
-		known = bpf_map_lookup_elem(&sock_owners, &key);
-		emit_sock(ctx, AUSPEX_EVENT_CONNECTION_CLOSE,
-			  known ? known->role : AUSPEX_ROLE_UNKNOWN, known ? &known->task : NULL, 0);
-		bpf_map_delete_elem(&sock_owners, &key);
-	}
+	tcp_state_change(&v, ctx->skaddr, ctx->oldstate, ctx->newstate);
 	return 0;
 }

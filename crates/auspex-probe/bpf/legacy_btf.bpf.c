@@ -13,12 +13,12 @@
 #include <bpf/bpf_core_read.h>
 
 #include "events.h"
-#include "counters.h"
-#include "scratch.h"
-#include "perf_output.h"
-#include "task.h"
-#include "exec.h"
-#include "exit_once.h"
+#include "lib/counters.h"
+#include "lib/scratch.h"
+#include "lib/perf_output.h"
+#include "lib/task.h"
+#include "lib/exec.h"
+#include "lib/exit_once.h"
 
 char LICENSE[] SEC("license") = "GPL";
 

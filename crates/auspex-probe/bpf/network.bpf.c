@@ -13,42 +13,14 @@
 #include <bpf/bpf_endian.h>
 
 #include "events.h"
-#include "output.h"
-#include "task.h"
-#include "owners.h"
-#include "reads.h"
+#include "lib/constants.h"
+#include "lib/output.h"
+#include "lib/owners.h"
+#include "lib/reads.h"
+#include "lib/task.h"
+#include "lib/tcp_state.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define CLOCK_MONOTONIC 1
-
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct sock_owner);
-} sock_owners SEC(".maps");
-
-/* Who listens on a port: an accepted connection is attributed to the
- * listener's owner, as the kernel creates it in softirq context before
- * any process accepts it. */
-struct listener_key {
-	__u32 netns;
-	__u16 port;
-	__u16 family;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct listener_key);
-	__type(value, struct task_info);
-} listeners SEC(".maps");
 
 enum udp_sock_flags {
 	/* bind() asked for a specific port: a server's socket. */
@@ -132,18 +104,9 @@ static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u
 	e->flags = 0;
 }
 
-static __always_inline void set_owner(struct sock_event *e, struct task_info *owner)
-{
-	if (owner) {
-		e->hdr.task = *owner;
-		e->flags |= AUSPEX_SOCK_OWNER_KNOWN;
-	} else {
-		__builtin_memset(&e->hdr.task, 0, sizeof(e->hdr.task));
-	}
-}
-
+/* `local_port`: see tcp_emit. */
 static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
-				      struct task_info *owner, bool trusted)
+				      const struct task_info *owner, __u16 local_port, bool trusted)
 {
 	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
@@ -153,6 +116,8 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
 	}
 	fill_sock(e, sk, kind, role, trusted);
 	set_owner(e, owner);
+	if (local_port)
+		e->local_port = local_port;
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
@@ -164,115 +129,37 @@ static __always_inline void current_task(struct task_info *info)
 	fill_task(info, (struct task_struct *)bpf_get_current_task(), UNTRUSTED);
 }
 
-/* Only from the tp_btf program: reads `sk` directly. */
-static __always_inline struct listener_key listener_of(struct sock *sk)
+/* TCP: the state machine of lib/tcp_state.h over the socket itself, which
+ * a tp_btf program reads directly. */
+struct tcp_view {
+	struct sock *sk;
+};
+
+static __always_inline struct listener_key tcp_listener_of(const struct tcp_view *v)
 {
+	struct sock_common *c = &v->sk->__sk_common;
 	struct listener_key key = {
-		.netns = sk->__sk_common.skc_net.net->ns.inum,
-		.port = sk->__sk_common.skc_num,
-		.family = sk->__sk_common.skc_family,
+		.netns = c->skc_net.net->ns.inum,
+		.port = c->skc_num,
+		.family = c->skc_family,
 	};
 	return key;
 }
 
-static __always_inline void remember_owner(__u64 *sk, struct task_info *task, __u32 role,
-					   __u16 port)
+static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 role,
+				     const struct task_info *owner, __u16 local_port)
 {
-	struct sock_owner owner = { .task = *task, .role = role, .port = port };
-
-	if (bpf_map_update_elem(&sock_owners, sk, &owner, BPF_ANY))
-		count(AUSPEX_DROP_SOCK_OWNERS_FULL);
+	emit_sock(v->sk, kind, role, owner, local_port, TRUSTED);
 }
 
-/* The owner of a socket we saw start, or NULL. */
-static __always_inline struct task_info *known_owner(__u64 *sk, __u8 *role)
-{
-	struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, sk);
-
-	if (!owner)
-		return NULL;
-	*role = owner->role;
-	return &owner->task;
-}
-
-/*
- * TCP. The transitions that matter, and the context each runs in:
- *   CLOSE -> SYN_SENT       connect(), process context: remember the owner
- *   SYN_SENT -> ESTABLISHED handshake done (often softirq): client open
- *   SYN_SENT -> CLOSE       refused or failed: forget, report nothing
- *   CLOSE -> LISTEN         listen(), process context: endpoint open
- *   LISTEN -> CLOSE         endpoint close (LISTEN -> SYN_RECV is a new
- *                           request socket cloned from the listener)
- *   SYN_RECV -> ESTABLISHED a connection to a listener completes (softirq):
- *                           server open, owned by the listener's owner
- *   ESTABLISHED -> any      either side closed or reset: connection close
- */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 {
+	struct tcp_view v = { .sk = sk };
+
 	if (BPF_CORE_READ_BITFIELD(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-
-	__u64 key = (__u64)sk;
-	struct task_info owner;
-	__u8 role = AUSPEX_ROLE_UNKNOWN;
-
-	if (newstate == TCP_SYN_SENT) {
-		current_task(&owner);
-		remember_owner(&key, &owner, AUSPEX_ROLE_CLIENT, 0);
-	} else if (newstate == TCP_LISTEN) {
-		struct listener_key lkey = listener_of(sk);
-
-		current_task(&owner);
-		remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, lkey.port);
-		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
-			count(AUSPEX_DROP_LISTENERS_FULL);
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &owner, TRUSTED);
-	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
-		/* (A connection request cloned from a listener also starts as
-		 * LISTEN, moving to SYN_RECV: not a listener closing.) */
-		struct sock_owner *known = bpf_map_lookup_elem(&sock_owners, &key);
-		struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-		if (e) {
-			fill_sock(e, sk, AUSPEX_EVENT_ENDPOINT_CLOSE, AUSPEX_ROLE_SERVER, TRUSTED);
-			set_owner(e, known ? &known->task : NULL);
-			if (known && known->port)
-				e->local_port = known->port;
-			bpf_ringbuf_submit(e, wakeup_flag());
-		} else {
-			count(AUSPEX_DROP_RINGBUF_NET);
-		}
-		if (known) {
-			struct listener_key lkey = listener_of(sk);
-
-			lkey.port = known->port;
-			bpf_map_delete_elem(&listeners, &lkey);
-		}
-		bpf_map_delete_elem(&sock_owners, &key);
-	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT,
-			  known_owner(&key, &role), TRUSTED);
-	} else if (oldstate == TCP_SYN_SENT) {
-		bpf_map_delete_elem(&sock_owners, &key);
-	} else if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-		struct listener_key lkey = listener_of(sk);
-		struct task_info *listener = bpf_map_lookup_elem(&listeners, &lkey);
-
-		if (listener) {
-			owner = *listener;
-			remember_owner(&key, &owner, AUSPEX_ROLE_SERVER, 0);
-		}
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_SERVER,
-			  listener ? &owner : NULL, TRUSTED);
-	} else if (oldstate == TCP_ESTABLISHED) {
-		/* The role is unknown only for a connection that predates the
-		 * probe. */
-		struct task_info *known = known_owner(&key, &role);
-
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_CLOSE, role, known, TRUSTED);
-		bpf_map_delete_elem(&sock_owners, &key);
-	}
+	tcp_state_change(&v, (__u64)sk, oldstate, newstate);
 	return 0;
 }
 
@@ -430,7 +317,7 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
 		return 0;
 	if (BPF_CORE_READ(sk, __sk_common.skc_num) && BPF_CORE_READ(sk, __sk_common.skc_dport)) {
 		st->flags &= ~UDP_CONNECT_PENDING;
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, 0, UNTRUSTED);
 	} else if (++st->tries < 100) {
 		bpf_timer_start(&st->timer, 1000000 /* 1 ms */, 0);
 	} else {
@@ -512,7 +399,7 @@ static __always_inline int udp_post_bind(struct bpf_sock *bsk)
 	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
 
 	if (st && (st->flags & UDP_WANTS_ENDPOINT))
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, 0, UNTRUSTED);
 	return 1;
 }
 
@@ -543,8 +430,8 @@ int udp_release(struct bpf_sock *bsk)
 		return 1;
 
 	if (st->flags & UDP_CONNECT_PENDING)
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, UNTRUSTED);
-	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, UNTRUSTED);
+		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, 0, UNTRUSTED);
+	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, 0, UNTRUSTED);
 	bpf_map_delete_elem(&udp_socks, &key);
 	return 1;
 }

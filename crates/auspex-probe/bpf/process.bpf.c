@@ -11,14 +11,13 @@
 #include <bpf/bpf_tracing.h>
 
 #include "events.h"
-#include "output.h"
-#include "scratch.h"
-#include "task.h"
-#include "exec.h"
-#include "exit_once.h"
+#include "lib/output.h"
+#include "lib/scratch.h"
+#include "lib/task.h"
+#include "lib/exec.h"
+#include "lib/exit_once.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)

@@ -1,11 +1,15 @@
 //! Where a probe's records become events, between the kernel's buffer and
 //! the caller of `poll`: decoded, and UDP releases turned into closes.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use auspex_events::Event;
 
-use crate::decode::{DecodeStats, Decoded, Decoder};
+use crate::clock::BootClock;
+use crate::decode::{Context, Decoded, Decoder};
+use crate::stats::{KernelDrops, ProbeStats};
 use crate::udp_sockets::UdpSockets;
 
 /// UDP sockets whose opens are remembered until they are released.
@@ -18,12 +22,13 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(crate) fn new(decoder: Decoder) -> Self {
-        Inbox {
-            decoder,
+    /// An empty inbox, shared between a probe and its reader's callback.
+    pub(crate) fn shared() -> Rc<RefCell<Inbox>> {
+        Rc::new(RefCell::new(Inbox {
+            decoder: Decoder::new(Context::new(BootClock::now())),
             udp: UdpSockets::new(UDP_SOCKETS_TRACKED),
             events: VecDeque::new(),
-        }
+        }))
     }
 
     /// Takes one record from the kernel.
@@ -48,11 +53,12 @@ impl Inbox {
         n
     }
 
-    pub(crate) fn decode_stats(&self) -> DecodeStats {
-        self.decoder.stats()
-    }
-
-    pub(crate) fn udp_sockets_forgotten(&self) -> u64 {
-        self.udp.forgotten()
+    /// The probe's statistics: `kernel_drops` and what this inbox counted.
+    pub(crate) fn stats(&self, kernel_drops: KernelDrops) -> ProbeStats {
+        ProbeStats {
+            kernel_drops,
+            decode: self.decoder.stats(),
+            udp_sockets_forgotten: self.udp.forgotten(),
+        }
     }
 }

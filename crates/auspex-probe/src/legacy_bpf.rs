@@ -1,27 +1,27 @@
 //! The legacy (ebpf) method: classic tracepoints and a perf event array,
-//! no CO-RE, for kernels without BTF or ring buffers (bpf/legacy.bpf.c).
+//! no CO-RE, for kernels without BTF or ring buffers (bpf/legacy.bpf.c);
+//! with CO-RE reads where some BTF is at hand (bpf/legacy_btf.bpf.c).
 
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-
 use std::rc::Rc;
 use std::time::Duration;
 
 use auspex_events::Event;
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject};
+use libbpf_rs::skel::{OpenSkel, Skel};
 
-use crate::clock::BootClock;
-use crate::core_bpf::{Degraded, KernelDrops, ProbeStats};
-use crate::decode::{trim_perf_padding, Context, Decoder};
-use crate::error::{explain, ProbeError};
+use crate::decode::trim_perf_padding;
+use crate::degraded::Degraded;
+use crate::error::ProbeError;
 use crate::inbox::Inbox;
+use crate::loading::{load_error, retry_interrupted, Loaded};
 use crate::perf_reader::BatchedPerf;
-use crate::skel::legacy::{LegacySkel, LegacySkelBuilder};
-use crate::skel::legacy_btf::{LegacyBtfSkel, LegacyBtfSkelBuilder};
-use crate::skel::types::auspex_counter as Counter;
+use crate::programs::{self, Attached, ProgramInfo, Row};
+use crate::skel::legacy::LegacySkelBuilder;
+use crate::skel::legacy_btf::LegacyBtfSkelBuilder;
+use crate::skel::{Legacy, LegacyBtf};
+use crate::stats::{KernelDrops, ProbeStats};
 use crate::{btf, features, libbpf_log, privileges};
 
 /// Pages of perf buffer per CPU (a power of two).
@@ -29,16 +29,61 @@ const PERF_PAGES: usize = 256;
 /// Samples per wakeup of the reader; fewer wait for its next poll.
 const WAKEUP_EVENTS: u32 = 64;
 
+/// The two objects of the method: the one without CO-RE, and the CO-RE
+/// programs that replace some of its programs when BTF is at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obj {
+    Legacy,
+    LegacyBtf,
+}
+
+/// Which variant of the probe runs a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Both,
+    WithoutBtf,
+    WithBtf,
+}
+
+impl Variant {
+    fn runs(self, with_btf: bool) -> bool {
+        match self {
+            Variant::Both => true,
+            Variant::WithoutBtf => !with_btf,
+            Variant::WithBtf => with_btf,
+        }
+    }
+}
+
+const fn row(object: Obj, name: &'static str, variant: Variant) -> Row<Obj, Variant> {
+    Row {
+        object,
+        name,
+        part: variant,
+    }
+}
+
+/// Every program of the method, in the order they are attached.
+const PROGRAMS: [Row<Obj, Variant>; 7] = [
+    row(Obj::Legacy, "legacy_fork", Variant::Both),
+    row(Obj::Legacy, "legacy_tcp_state", Variant::Both),
+    row(Obj::Legacy, "legacy_exec", Variant::WithoutBtf),
+    row(Obj::Legacy, "legacy_exit", Variant::WithoutBtf),
+    row(Obj::Legacy, "legacy_exit_group", Variant::WithoutBtf),
+    row(Obj::LegacyBtf, "legacy_exec_btf", Variant::WithBtf),
+    row(Obj::LegacyBtf, "legacy_exit_btf", Variant::WithBtf),
+];
+
 /// The loaded and attached legacy probes. Dropping it detaches and unloads
 /// everything.
 pub struct LegacyBpf {
-    // Field order is drop order: stop reading, detach, close the object.
+    // Field order is drop order: stop reading, detach, close the objects.
     perf: BatchedPerf,
     inbox: Rc<RefCell<Inbox>>,
-    links: Vec<Link>,
-    /// The CO-RE programs, when some BTF was at hand; they use `skel`'s maps.
-    _btf_skel: Option<LegacyBtfSkel<'static>>,
-    skel: LegacySkel<'static>,
+    attached: Vec<Attached>,
+    /// The CO-RE programs, when some BTF was at hand; they use `legacy`'s maps.
+    with_btf: Option<Loaded<LegacyBtf>>,
+    legacy: Loaded<Legacy>,
     degraded: Vec<Degraded>,
     /// The BTF the CO-RE programs were relocated against, if they run.
     btf: Option<PathBuf>,
@@ -48,7 +93,7 @@ impl LegacyBpf {
     /// Loads with CO-RE reads when some BTF is at hand (the kernel's, or
     /// `btf_file`), and without when there is none or it does not fit.
     pub fn load(btf_file: Option<&Path>) -> Result<Self, ProbeError> {
-        crate::core_bpf::retry_interrupted(|| {
+        retry_interrupted(|| {
             let usable = btf_file.is_none_or(|f| btf::check_btf_file(f).is_ok());
             if usable && (btf_file.is_some() || btf::kernel_btf_present()) {
                 match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere()))) {
@@ -77,57 +122,38 @@ impl LegacyBpf {
         {
             return Err(ProbeError::TracefsMissing);
         }
-        let load_error = || crate::core_bpf::load_error("legacy");
-        // See CoreBpf::load on why the storage is leaked.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = LegacySkelBuilder::default()
-            .open(storage)
-            .map_err(load_error())?;
-        if core.is_some() {
-            // Their CO-RE twins replace them.
-            open.progs.legacy_exec.set_autoload(false);
-            open.progs.legacy_exit.set_autoload(false);
-            open.progs.legacy_exit_group.set_autoload(false);
-        }
-        let skel = open.load().map_err(load_error())?;
-        let btf_skel = match core {
-            Some(btf_file) => Some(Self::load_core(&skel, btf_file)?),
+        let with_btf = core.is_some();
+        let legacy =
+            Loaded::<Legacy>::open("legacy", LegacySkelBuilder::default(), None, |open| {
+                // The CO-RE twins, if loaded, replace some programs.
+                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |v| {
+                    v.runs(with_btf)
+                });
+                Ok(())
+            })?;
+        let btf_programs = match core {
+            Some(btf_file) => Some(Self::load_core(&legacy, btf_file)?),
             None => None,
         };
 
-        let mut programs = vec![
-            ("legacy_fork", &skel.progs.legacy_fork),
-            ("legacy_tcp_state", &skel.progs.legacy_tcp_state),
-        ];
-        match &btf_skel {
-            Some(b) => {
-                programs.push(("legacy_exec_btf", &b.progs.legacy_exec_btf));
-                programs.push(("legacy_exit_btf", &b.progs.legacy_exit_btf));
-            }
-            None => {
-                programs.push(("legacy_exec", &skel.progs.legacy_exec));
-                programs.push(("legacy_exit", &skel.progs.legacy_exit));
-                programs.push(("legacy_exit_group", &skel.progs.legacy_exit_group));
-            }
-        }
-        let links = programs
-            .into_iter()
-            .map(|(program, prog)| {
-                prog.attach().map_err(|e| ProbeError::Attach {
-                    program,
-                    reason: explain(&e),
-                })
+        let attached = PROGRAMS
+            .iter()
+            .filter(|r| r.part.runs(with_btf))
+            .map(|r| {
+                let object = match (r.object, &btf_programs) {
+                    (Obj::Legacy, _) => legacy.get().object(),
+                    (Obj::LegacyBtf, Some(b)) => b.get().object(),
+                    (Obj::LegacyBtf, None) => unreachable!("CO-RE programs run only with BTF"),
+                };
+                programs::attach(object, r.name, None)
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let inbox = Rc::new(RefCell::new(Inbox::new(Decoder::new(Context::new(
-            BootClock::now(),
-        )))));
+        let inbox = Inbox::shared();
         let perf = {
             let inbox = Rc::clone(&inbox);
             BatchedPerf::new(
-                skel.maps.perf_events.as_fd(),
+                legacy.get().maps.perf_events.as_fd(),
                 PERF_PAGES,
                 WAKEUP_EVENTS,
                 Box::new(move |sample: &[u8]| {
@@ -143,7 +169,7 @@ impl LegacyBpf {
             feature: "udp",
             reason: "the ebpf method does not report UDP yet".into(),
         }];
-        if btf_skel.is_none() {
+        if btf_programs.is_none() {
             degraded.push(Degraded {
                 feature: "core_reads",
                 reason: "no usable BTF: exec paths are as given to execve, arguments and \
@@ -155,9 +181,9 @@ impl LegacyBpf {
         Ok(LegacyBpf {
             perf,
             inbox,
-            links,
-            _btf_skel: btf_skel,
-            skel,
+            attached,
+            with_btf: btf_programs,
+            legacy,
             degraded,
             btf: core.map(|file| file.map_or_else(|| btf::KERNEL_BTF.into(), Path::to_path_buf)),
         })
@@ -165,31 +191,24 @@ impl LegacyBpf {
 
     /// Opens and loads the CO-RE programs on the legacy object's maps.
     fn load_core(
-        skel: &LegacySkel<'static>,
+        legacy: &Loaded<Legacy>,
         btf_file: Option<&Path>,
-    ) -> Result<LegacyBtfSkel<'static>, ProbeError> {
-        let load_error = || crate::core_bpf::load_error("legacy (CO-RE)");
-        let mut builder = LegacyBtfSkelBuilder::default();
-        if let Some(path) = btf_file {
-            builder
-                .obj_builder
-                .btf_custom_path(path)
-                .map_err(load_error())?;
-        }
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = builder.open(storage).map_err(load_error())?;
-        let maps = &mut open.maps;
-        maps.perf_events
-            .reuse_fd(skel.maps.perf_events.as_fd())
-            .map_err(load_error())?;
-        maps.counters
-            .reuse_fd(skel.maps.counters.as_fd())
-            .map_err(load_error())?;
-        maps.scratch
-            .reuse_fd(skel.maps.scratch.as_fd())
-            .map_err(load_error())?;
-        open.load().map_err(load_error())
+    ) -> Result<Loaded<LegacyBtf>, ProbeError> {
+        const PROBE: &str = "legacy (CO-RE)";
+        Loaded::<LegacyBtf>::open(PROBE, LegacyBtfSkelBuilder::default(), btf_file, |open| {
+            let shared = &legacy.get().maps;
+            let maps = &mut open.maps;
+            maps.perf_events
+                .reuse_fd(shared.perf_events.as_fd())
+                .map_err(load_error(PROBE))?;
+            maps.counters
+                .reuse_fd(shared.counters.as_fd())
+                .map_err(load_error(PROBE))?;
+            maps.scratch
+                .reuse_fd(shared.scratch.as_fd())
+                .map_err(load_error(PROBE))?;
+            Ok(())
+        })
     }
 
     /// Waits up to `timeout` for a batch of samples, then hands each decoded
@@ -199,42 +218,22 @@ impl LegacyBpf {
         timeout: Duration,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<usize, ProbeError> {
-        let runtime = |e: std::io::Error| ProbeError::Runtime {
-            what: "perf buffer",
-            reason: e.to_string(),
-        };
-        self.perf.poll(timeout).map_err(runtime)?;
+        self.perf.poll(timeout).map_err(perf_failed)?;
         // The flush: samples below the wakeup batch are read here.
-        self.perf.consume().map_err(runtime)?;
-        Ok(self.inbox.borrow_mut().deliver(on_event))
+        self.drain(on_event)
     }
 
     /// Takes whatever is in the perf buffers now, without waiting.
     pub fn drain(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<usize, ProbeError> {
-        self.perf.consume().map_err(|e| ProbeError::Runtime {
-            what: "perf buffer",
-            reason: e.to_string(),
-        })?;
+        self.perf.consume().map_err(perf_failed)?;
         Ok(self.inbox.borrow_mut().deliver(on_event))
     }
 
     pub fn stats(&self) -> Result<ProbeStats, ProbeError> {
-        let counter = |c| crate::counters::sum(&self.skel.maps.counters, c);
-        let inbox = self.inbox.borrow();
-        Ok(ProbeStats {
-            kernel_drops: KernelDrops {
-                exec: counter(Counter::AUSPEX_DROP_RINGBUF_EXEC)?,
-                fork: counter(Counter::AUSPEX_DROP_RINGBUF_FORK)?,
-                exit: counter(Counter::AUSPEX_DROP_RINGBUF_EXIT)?,
-                // Samples the kernel could not put in a full perf buffer.
-                network: counter(Counter::AUSPEX_DROP_RINGBUF_NET)? + self.perf.lost(),
-                socket_maps_full: counter(Counter::AUSPEX_DROP_SOCK_OWNERS_FULL)?
-                    + counter(Counter::AUSPEX_DROP_LISTENERS_FULL)?,
-                udp_connect_unresolved: 0,
-            },
-            decode: inbox.decode_stats(),
-            udp_sockets_forgotten: inbox.udp_sockets_forgotten(),
-        })
+        let mut kernel_drops = KernelDrops::read(&self.legacy.get().maps.counters)?;
+        // Samples the kernel could not put in a full perf buffer.
+        kernel_drops.network += self.perf.lost();
+        Ok(self.inbox.borrow().stats(kernel_drops))
     }
 
     /// Records the owners of TCP listeners that predate the probe; see
@@ -245,12 +244,7 @@ impl LegacyBpf {
         &self,
         endpoints: &[auspex_events::Endpoint],
     ) -> Result<usize, ProbeError> {
-        let key = |_netns: u32, port: u16, family: u16| {
-            ((u32::from(family) << 16) | u32::from(port))
-                .to_ne_bytes()
-                .to_vec()
-        };
-        crate::listeners::seed(&self.skel.maps.listeners, endpoints, key)
+        crate::listeners::seed(&self.legacy.get().maps.listeners, endpoints, false)
     }
 
     pub fn degraded(&self) -> &[Degraded] {
@@ -263,7 +257,38 @@ impl LegacyBpf {
         self.btf.as_deref()
     }
 
+    /// The attached programs: name, attach point and kernel id.
+    pub fn programs(&self) -> Vec<ProgramInfo> {
+        self.attached.iter().map(|a| a.info.clone()).collect()
+    }
+
+    /// Kernel ids of the probe's maps, to check that they go away.
+    pub fn map_ids(&self) -> Vec<u32> {
+        let mut objects = vec![self.legacy.get().object()];
+        objects.extend(self.with_btf.as_ref().map(|b| b.get().object()));
+        programs::map_ids(&objects)
+    }
+
     pub fn attached(&self) -> usize {
-        self.links.len()
+        self.attached.len()
+    }
+}
+
+fn perf_failed(e: std::io::Error) -> ProbeError {
+    ProbeError::Runtime {
+        what: "perf buffer",
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::programs::tests::assert_table_matches;
+
+    #[test]
+    fn the_table_lists_every_program_of_both_objects() {
+        assert_table_matches(&PROGRAMS, Obj::Legacy, LegacySkelBuilder::default());
+        assert_table_matches(&PROGRAMS, Obj::LegacyBtf, LegacyBtfSkelBuilder::default());
     }
 }

@@ -6,12 +6,11 @@
 use auspex_events::{Endpoint, Process, Protocol};
 use libbpf_rs::{MapCore, MapFlags};
 
+use crate::decode::{AF_INET, AF_INET6};
 use crate::error::{errno_of, explain, ProbeError};
+use crate::skel::network::types::listener_key;
 use crate::skel::types::task_info;
 use crate::wire::bytes_of;
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// What the probes would have recorded at listen() for the owner.
 fn owner(p: &Process) -> task_info {
@@ -47,21 +46,23 @@ fn tcp_listeners(endpoints: &[Endpoint]) -> impl Iterator<Item = (u32, u16, u16,
         })
 }
 
-/// Writes each listener unless the map already has one for its key (a
-/// listen() the probe saw knows better than a scan). Returns how many were
-/// written.
+/// Writes each listener into `map` (bpf/lib/owners.h's `listeners`) unless
+/// it already has one for its key (a listen() the probe saw knows better
+/// than a scan). Without `by_netns` the key's namespace is 0, as the probe
+/// that cannot see namespaces writes it. Returns how many were written.
 pub(crate) fn seed(
     map: &dyn MapCore,
     endpoints: &[Endpoint],
-    key_of: impl Fn(u32, u16, u16) -> Vec<u8>,
+    by_netns: bool,
 ) -> Result<usize, ProbeError> {
     let mut seeded = 0;
     for (netns, port, family, task) in tcp_listeners(endpoints) {
-        match map.update(
-            &key_of(netns, port, family),
-            bytes_of(&task),
-            MapFlags::NO_EXIST,
-        ) {
+        let key = listener_key {
+            netns: if by_netns { netns } else { 0 },
+            port,
+            family,
+        };
+        match map.update(bytes_of(&key), bytes_of(&task), MapFlags::NO_EXIST) {
             Ok(()) => seeded += 1,
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
             Err(e) => {

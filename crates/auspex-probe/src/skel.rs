@@ -24,3 +24,8 @@ pub mod features {
 
 /// The record types (the same in every skeleton; events.h defines them).
 pub use process::types;
+
+crate::loading::skeleton!(Process => process::ProcessSkel<'obj>);
+crate::loading::skeleton!(Network => network::NetworkSkel<'obj>);
+crate::loading::skeleton!(Legacy => legacy::LegacySkel<'obj>);
+crate::loading::skeleton!(LegacyBtf => legacy_btf::LegacyBtfSkel<'obj>);

@@ -19,7 +19,8 @@ unsafe impl Wire for types::fork_event {}
 unsafe impl Wire for types::exit_event {}
 unsafe impl Wire for types::sock_event {}
 unsafe impl Wire for types::task_info {}
-// Not in events.h: the key of network.bpf.c's listener map (u32, u16, u16).
+// Not in events.h: the key of the network probes' listener map (bpf/lib/owners.h:
+// u32, u16, u16).
 unsafe impl Wire for crate::skel::network::types::listener_key {}
 
 /// Reads a `T` from the start of `bytes`. When `bytes` is shorter than a `T`

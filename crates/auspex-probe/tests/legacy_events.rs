@@ -3,61 +3,35 @@
 //! kernel has BTF, so the probe runs with its CO-RE reads; the CLI tests
 //! run it with the kernel's BTF hidden.
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use auspex_events::{Event, EventKind, ExitStatus, Protocol, Role};
 use auspex_probe::LegacyBpf;
 
-struct Harness {
-    probe: LegacyBpf,
-    seen: Vec<Event>,
+type Harness = common::Harness<LegacyBpf>;
+
+fn start() -> Harness {
+    let probe = LegacyBpf::load(None).unwrap_or_else(|e| panic!("loading the legacy probe: {e}"));
+    assert!(
+        !probe.degraded().iter().any(|d| d.feature == "core_reads"),
+        "this kernel has BTF: {:?}",
+        probe.degraded()
+    );
+    Harness::of(probe)
 }
 
-impl Harness {
-    fn start() -> Harness {
-        let probe =
-            LegacyBpf::load(None).unwrap_or_else(|e| panic!("loading the legacy probe: {e}"));
-        assert!(
-            !probe.degraded().iter().any(|d| d.feature == "core_reads"),
-            "this kernel has BTF: {:?}",
-            probe.degraded()
-        );
-        Harness {
-            probe,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait(&mut self, what: &str, found: impl Fn(&Event) -> bool) -> Event {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self.seen.iter().find(|e| found(e)) {
-                return e.clone();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no {what}; {} events seen",
-                self.seen.len()
-            );
-            let seen = &mut self.seen;
-            self.probe
-                .poll(Duration::from_millis(100), &mut |e| seen.push(e))
-                .unwrap();
-        }
-    }
-
-    fn about(&mut self, kind: &str, pid: u32) -> Event {
-        self.wait(&format!("{kind} of {pid}"), |e| {
-            e.kind.name() == kind && e.kind.process().is_some_and(|p| p.pid == pid)
-        })
-    }
+/// Waits for an event `found` selects, showing every event of `related`
+/// kind on failure.
+fn wait(h: &mut Harness, what: &str, related: &str, found: impl Fn(&Event) -> bool) -> Event {
+    h.wait_until(what, found, |e| e.kind.name() == related)
 }
 
 #[test]
 fn exec_fork_exit_and_threads() {
-    let mut h = Harness::start();
+    let mut h = start();
     let mut child = Command::new("/bin/sh")
         .args(["-c", "exit 7"])
         .spawn()
@@ -66,7 +40,7 @@ fn exec_fork_exit_and_threads() {
     let pid = child.id();
     let me = std::process::id();
 
-    let fork = h.about("process_fork", pid);
+    let fork = h.wait_for("process_fork", pid, None);
     let EventKind::ProcessFork {
         process,
         parent,
@@ -83,7 +57,7 @@ fn exec_fork_exit_and_threads() {
     assert_eq!(parent.pid, me);
     assert!(!thread);
 
-    let exec = h.about("process_exec", pid);
+    let exec = h.wait_for("process_exec", pid, None);
     let p = exec.kind.process().unwrap();
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     assert_eq!(p.exe.as_deref(), sh.to_str(), "{exec:?}");
@@ -95,7 +69,7 @@ fn exec_fork_exit_and_threads() {
     assert_eq!(p.comm, "sh");
     assert_eq!((p.uid, p.gid), (0, 0));
 
-    let exit = h.about("process_exit", pid);
+    let exit = h.wait_for("process_exit", pid, None);
     let EventKind::ProcessExit { status, .. } = exit.kind else {
         unreachable!()
     };
@@ -103,10 +77,10 @@ fn exec_fork_exit_and_threads() {
 
     // Killed: the signal, read from the task.
     let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    h.about("process_exec", sleeper.id());
+    h.wait_for("process_exec", sleeper.id(), None);
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
-    let exit = h.about("process_exit", sleeper.id());
+    let exit = h.wait_for("process_exit", sleeper.id(), None);
     let EventKind::ProcessExit { status, .. } = exit.kind else {
         unreachable!()
     };
@@ -122,7 +96,7 @@ fn exec_fork_exit_and_threads() {
     let tid = std::thread::spawn(|| nix::unistd::gettid().as_raw() as u32)
         .join()
         .unwrap();
-    let fork = h.wait("the thread's creation", |e| {
+    let fork = wait(&mut h, "the thread's creation", "process_fork", |e| {
         e.kind.name() == "process_fork" && e.kind.process().is_some_and(|p| p.tid == tid)
     });
     let EventKind::ProcessFork {
@@ -137,7 +111,7 @@ fn exec_fork_exit_and_threads() {
 
 #[test]
 fn tcp_connections_with_roles_and_owners() {
-    let mut h = Harness::start();
+    let mut h = start();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -155,13 +129,23 @@ fn tcp_connections_with_roles_and_owners() {
             _ => false,
         }
     };
-    let client_open = h.wait("the client's open", conn(Role::Client));
+    let client_open = wait(
+        &mut h,
+        "the client's open",
+        "connection_open",
+        conn(Role::Client),
+    );
     let EventKind::ConnectionOpen(c) = &client_open.kind else {
         unreachable!()
     };
     assert_eq!((c.local.port, c.remote.port), (client_port, port));
     assert_eq!(c.process.as_ref().map(|p| p.pid), Some(me));
-    let server_open = h.wait("the server's open", conn(Role::Server));
+    let server_open = wait(
+        &mut h,
+        "the server's open",
+        "connection_open",
+        conn(Role::Server),
+    );
     let EventKind::ConnectionOpen(s) = &server_open.kind else {
         unreachable!()
     };
@@ -171,11 +155,24 @@ fn tcp_connections_with_roles_and_owners() {
         Some(me),
         "owned by the listener's owner"
     );
-    h.wait(
+    let closed = wait(
+        &mut h,
         "the listener's close",
+        "endpoint_close",
         |e| matches!(&e.kind, EventKind::EndpointClose(ep) if ep.local.port == port),
     );
-    h.wait("both closes", |e| {
-        matches!(&e.kind, EventKind::ConnectionClose(c) if c.role == Some(Role::Server) && c.local.port == port)
-    });
+    let EventKind::EndpointClose(ep) = &closed.kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        ep.process.as_ref().map(|p| p.pid),
+        Some(me),
+        "owned by who listened: {closed:?}"
+    );
+    wait(
+        &mut h,
+        "both closes",
+        "connection_close",
+        |e| matches!(&e.kind, EventKind::ConnectionClose(c) if c.role == Some(Role::Server) && c.local.port == port),
+    );
 }

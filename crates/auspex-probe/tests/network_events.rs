@@ -1,4 +1,5 @@
-//! Live tests of the core_bpf network probe: real sockets in separate
+//! Live tests of the network probes (core_bpf; TCP also through the legacy
+//! probe, which shares its state machine): real sockets in separate
 //! processes (tests/peer.py), and the exact events they must produce,
 //! nothing more. They need root, kernel BTF, cgroup v2, python3 and ip.
 
@@ -10,7 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use auspex_events::{Event, EventKind, Protocol, Role, SocketAddr};
-use common::Harness;
+use auspex_probe::LegacyBpf;
+use common::{Harness, Probe};
 use serde_json::Value;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peer.py");
@@ -202,7 +204,12 @@ fn endpoint(
 /// Waits for the last expected event, then compares every network event
 /// of the expected protocols and namespaces that touches one of `ports`
 /// with `expected` (order aside).
-fn assert_network_events(h: &mut Harness, ports: &[u16], last: &Net, mut expected: Vec<Net>) {
+fn assert_network_events<P: Probe>(
+    h: &mut Harness<P>,
+    ports: &[u16],
+    last: &Net,
+    mut expected: Vec<Net>,
+) {
     let scope: Vec<(&str, u32)> = expected.iter().map(|n| (n.protocol, n.netns)).collect();
     let touches = |n: &Net| {
         scope.contains(&(n.protocol, n.netns))
@@ -256,7 +263,27 @@ struct Side<'a> {
 /// A TCP connection from `client` to a listener on `host` in `server`,
 /// closed by the client, then the listener closed: exactly six events.
 fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
-    let mut h = Harness::start();
+    tcp_both_sides_seen_by(Harness::start(), host, server, client);
+}
+
+/// The same, seen by the legacy probe: the same TCP state machine over the
+/// tracepoint's arguments, which carry no network namespace (reported as 0).
+fn legacy_tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
+    let probe = LegacyBpf::load(None).unwrap_or_else(|e| panic!("loading the legacy probe: {e}"));
+    tcp_both_sides_seen_by(
+        Harness::of(probe),
+        host,
+        Side { netns: 0, ..server },
+        Side { netns: 0, ..client },
+    );
+}
+
+fn tcp_both_sides_seen_by<P: Probe>(
+    mut h: Harness<P>,
+    host: &str,
+    server: Side<'_>,
+    client: Side<'_>,
+) {
     let mut server_peer = Peer::spawn_in(server.netns_name, &["tcp-server", host, "0"]);
     let listening = server_peer.read()["listening"].clone();
     let mut client_peer =
@@ -305,6 +332,16 @@ fn tcp_both_sides(host: &str, server: Side<'_>, client: Side<'_>) {
     );
 }
 
+impl<'a> Side<'a> {
+    /// The named namespace (see `ip netns`).
+    fn named(ns: &'a str) -> Self {
+        Side {
+            netns_name: Some(ns),
+            netns: netns_of(&format!("/run/netns/{ns}")),
+        }
+    }
+}
+
 fn here() -> Side<'static> {
     Side {
         netns_name: None,
@@ -320,6 +357,16 @@ fn tcp_over_ipv4_loopback_both_sides_open_and_close() {
 #[test]
 fn tcp_over_ipv6_loopback_both_sides_open_and_close() {
     tcp_both_sides("::1", here(), here());
+}
+
+#[test]
+fn legacy_tcp_over_ipv4_loopback_both_sides_open_and_close() {
+    legacy_tcp_both_sides("127.0.0.1", here(), here());
+}
+
+#[test]
+fn legacy_tcp_over_ipv6_loopback_both_sides_open_and_close() {
+    legacy_tcp_both_sides("::1", here(), here());
 }
 
 #[test]
@@ -540,18 +587,22 @@ impl Drop for VethPair {
     }
 }
 
+/// Runs `test` with a server in one new network namespace and a client in
+/// another, joined by a veth pair on `subnet` (the server is at .1).
+fn in_two_namespaces(tag: &str, subnet: &str, test: impl FnOnce(&str, Side<'_>, Side<'_>)) {
+    let veth = VethPair::create(&format!("{tag}{}", std::process::id()), subnet);
+    let [ns_a, ns_b] = &veth.names;
+    let (server, client) = (Side::named(ns_a), Side::named(ns_b));
+    assert_ne!(server.netns, client.netns);
+    test(&format!("{subnet}.1"), server, client);
+}
+
 #[test]
 fn tcp_between_two_network_namespaces_has_their_addresses_and_ids() {
-    let veth = VethPair::create(&std::process::id().to_string(), "10.213.77");
-    let [ns_a, ns_b] = &veth.names;
-    let server = Side {
-        netns_name: Some(ns_a),
-        netns: netns_of(&format!("/run/netns/{ns_a}")),
-    };
-    let client = Side {
-        netns_name: Some(ns_b),
-        netns: netns_of(&format!("/run/netns/{ns_b}")),
-    };
-    assert_ne!(server.netns, client.netns);
-    tcp_both_sides("10.213.77.1", server, client);
+    in_two_namespaces("c", "10.213.77", tcp_both_sides);
+}
+
+#[test]
+fn legacy_tcp_between_two_network_namespaces_has_their_addresses() {
+    in_two_namespaces("l", "10.213.78", legacy_tcp_both_sides);
 }

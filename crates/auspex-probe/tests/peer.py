@@ -5,9 +5,13 @@ step on stdout, and waits for a line on stdin before it closes, so that the
 test controls when closes happen."""
 
 import json
+import os
 import select
 import socket
 import sys
+
+# As the tests' deadlines: slower machines get longer (AUSPEX_TEST_TIME_SCALE).
+TIME_SCALE = int(os.environ.get("AUSPEX_TEST_TIME_SCALE", "1"))
 
 
 def say(**fields):
@@ -50,7 +54,7 @@ def tcp_client(host, port, mode="blocking"):
         s.setblocking(False)
         err = s.connect_ex((host, int(port)))
         assert err in (0, 115), err  # EINPROGRESS
-        select.select([], [s], [], 5)
+        select.select([], [s], [], 5 * TIME_SCALE)
         err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         assert err == 0, err
         s.setblocking(True)

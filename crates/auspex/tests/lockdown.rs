@@ -93,11 +93,14 @@ fn locked_down_and_still_seeing(method: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
-    // Shutting down reads the counters and detaches: nothing refused.
+    // Shutting down reads the counters (a refused map lookup would end the
+    // run with an error) and detaches: nothing refused. (What was lost is
+    // not the point here: the proc connector may overrun under the other
+    // tests' load, and says so.)
     let (status, stderr) = agent.stop(Signal::SIGTERM);
     assert!(status.success(), "{status}: {}", stderr.join("\n"));
     let summary = stderr.last().unwrap();
-    assert!(summary.contains("dropped or incomplete 0 ("), "{summary}");
+    assert!(summary.contains(" events in "), "{summary}");
     assert!(
         !stderr.iter().any(|l| l.contains("Operation not permitted")),
         "{}",

@@ -1,21 +1,83 @@
 //! What the live tests share: a loaded probe that keeps every event it
-//! delivered, and readable failures.
+//! delivered, waits scaled to the machine, and readable failures.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use auspex_events::Event;
-use auspex_probe::{CoreBpf, ProbeConfig};
+use auspex_probe::{CoreBpf, LegacyBpf, ProbeConfig, ProbeError};
 
-pub const DEADLINE: Duration = Duration::from_secs(10);
+/// How much slower than here the machine runs: `AUSPEX_TEST_TIME_SCALE`,
+/// 1 when unset (the kernel matrix sets it: emulated guests run many times
+/// slower). As read by crates/auspex/tests/common.
+pub fn time_scale() -> u32 {
+    std::env::var("AUSPEX_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// How long a test waits for what it expects: 10 s, times the time scale.
+pub fn deadline() -> Duration {
+    Duration::from_secs(10) * time_scale()
+}
+
+/// Asks `state` until it says Ok, within the deadline; on timeout fails
+/// with `what` and its last answer. Between asks it waits a little longer
+/// each time: the waits end as soon as the state is reached.
+pub fn wait_for_state<T>(what: &str, mut state: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match state() {
+            Ok(done) => return done,
+            Err(last) if start.elapsed() > deadline() => {
+                panic!("{what}: not within {:?}; last: {last}", deadline())
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The probes' common surface, for one harness over both.
+pub trait Probe {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<usize, ProbeError>;
+}
+
+impl Probe for CoreBpf {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<usize, ProbeError> {
+        CoreBpf::poll(self, timeout, on_event)
+    }
+}
+
+impl Probe for LegacyBpf {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<usize, ProbeError> {
+        LegacyBpf::poll(self, timeout, on_event)
+    }
+}
 
 /// A loaded probe and every event it delivered so far.
-pub struct Harness {
-    pub probe: CoreBpf,
+pub struct Harness<P = CoreBpf> {
+    pub probe: P,
     pub seen: Vec<Event>,
 }
 
-impl Harness {
+impl Harness<CoreBpf> {
     pub fn start() -> Self {
         Self::with_config(&ProbeConfig::default())
     }
@@ -23,6 +85,12 @@ impl Harness {
     pub fn with_config(config: &ProbeConfig) -> Self {
         let probe =
             CoreBpf::load(config).unwrap_or_else(|e| panic!("loading the probe failed: {e}"));
+        Harness::of(probe)
+    }
+}
+
+impl<P: Probe> Harness<P> {
+    pub fn of(probe: P) -> Self {
         Harness {
             probe,
             seen: Vec::new(),
@@ -42,8 +110,12 @@ impl Harness {
             if let Some(e) = self.seen.iter().find(|e| found(e)) {
                 return e.clone();
             }
-            if start.elapsed() > DEADLINE {
-                panic!("no {what} within {DEADLINE:?}.\n{}", self.describe(related));
+            if start.elapsed() > deadline() {
+                panic!(
+                    "no {what} within {:?}.\n{}",
+                    deadline(),
+                    self.describe(related)
+                );
             }
             let seen = &mut self.seen;
             self.probe

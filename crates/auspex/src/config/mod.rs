@@ -26,23 +26,14 @@ pub const ENV_PREFIX: &str = "AUSPEX_";
 pub const CONFIG_ENV: &str = "AUSPEX_CONFIG";
 
 /// Whether an `AUSPEX_*` variable (its name lowercased, without the prefix)
-/// is a run option. Other variables under the prefix are ignored, with a
-/// warning unless they are known not to be meant for the agent: the config
-/// file's name, the test suite's settings (`AUSPEX_TEST_*`) and the service
-/// links Kubernetes adds for a Service named `auspex` (`AUSPEX_SERVICE_HOST`,
-/// `AUSPEX_PORT_8080_TCP`, ...; no option has `port` or `service_host` in
-/// its name). Unlike a key in the config file, a variable is not addressed
-/// to the agent alone: the environment is shared with the scripts and
-/// platform that start it, so an unknown name is not an error.
+/// is a run option. Other variables under the prefix are ignored: the
+/// environment is shared with the scripts and platform that start the agent
+/// (the test scripts' `AUSPEX_KERNEL_MATRIX`, the service links Kubernetes
+/// adds for a Service named `auspex`: `AUSPEX_SERVICE_HOST`, ...), so an
+/// unknown name is not an error; one that looks like a misspelt option is
+/// warned about, with the option it resembles.
 fn is_option(key: &str) -> bool {
     option_keys().iter().any(|k| k == key)
-}
-
-fn meant_for_others(key: &str) -> bool {
-    key == "config"
-        || key.starts_with("test_")
-        || key.contains("port")
-        || key.contains("service_host")
 }
 
 /// The keys of every run option.
@@ -53,15 +44,28 @@ fn option_keys() -> Vec<String> {
     }
 }
 
-/// `AUSPEX_*` variables that are not options and look meant for the agent.
-fn unknown_variables() -> Vec<String> {
+/// How alike a name must be to an option's to be taken for a misspelling
+/// of it: normalised edit distance, so that one wrong letter in `method`
+/// (0.83) counts and a shared prefix alone (`kernel_matrix` against
+/// `kernel_btf`, 0.54) does not.
+const MISSPELT: f64 = 0.8;
+
+/// `AUSPEX_*` variables that are not options but look like one, each with
+/// the option it resembles.
+fn misspelt_variables() -> Vec<(String, String)> {
+    let keys = option_keys();
     std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| {
-            name.strip_prefix(ENV_PREFIX).is_some_and(|key| {
-                let key = key.to_ascii_lowercase();
-                !is_option(&key) && !meant_for_others(&key)
-            })
+        .filter_map(|name| {
+            let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            if is_option(&key) {
+                return None;
+            }
+            let (score, like) = keys
+                .iter()
+                .map(|k| (strsim::normalized_damerau_levenshtein(&key, k), k))
+                .max_by(|a, b| a.0.total_cmp(&b.0))?;
+            (score >= MISSPELT).then(|| (name, format!("{ENV_PREFIX}{}", like.to_uppercase())))
         })
         .collect()
 }
@@ -185,9 +189,9 @@ fn config_path(flags: &RunFlags) -> Option<PathBuf> {
 /// Resolves the options of `auspex run`; an error names the key, where its
 /// value came from, and (for a YAML syntax error) the line.
 pub fn resolve(flags: &RunFlags) -> anyhow::Result<RunArgs> {
-    for name in unknown_variables() {
+    for (name, like) in misspelt_variables() {
         tracing::warn!(
-            "ignoring the environment variable {name}: not a run option (see auspex run --help)"
+            "ignoring the environment variable {name}: not a run option (did you mean {like}?)"
         );
     }
     if let Some(path) = config_path(flags) {

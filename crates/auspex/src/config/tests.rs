@@ -164,12 +164,29 @@ fn a_missing_config_file_is_an_error() {
 #[test]
 fn the_environment_names_its_variable() {
     jailed(|jail| {
-        // Not an option: ignored (with a warning), as the environment is
-        // shared with the scripts that start the agent.
+        // Not an option: ignored, as the environment is shared with the
+        // scripts that start the agent; a misspelt option is warned about.
         jail.set_env("AUSPEX_METOD", "ebpf");
-        assert_eq!(unknown_variables(), ["AUSPEX_METOD"]);
+        jail.set_env("AUSPEX_RINGBUFFER_SIZE", "1M");
+        jail.set_env("AUSPEX_KERNEL_MATRIX", "off");
+        assert_eq!(
+            misspelt_variables(),
+            [
+                ("AUSPEX_METOD".to_string(), "AUSPEX_METHOD".to_string()),
+                (
+                    "AUSPEX_RINGBUFFER_SIZE".to_string(),
+                    "AUSPEX_RING_BUFFER_SIZE".to_string()
+                )
+            ]
+        );
         assert_eq!(resolve(&flags(&[])).unwrap().method, "auto");
-        std::env::remove_var("AUSPEX_METOD");
+        for name in [
+            "AUSPEX_METOD",
+            "AUSPEX_RINGBUFFER_SIZE",
+            "AUSPEX_KERNEL_MATRIX",
+        ] {
+            std::env::remove_var(name);
+        }
 
         jail.set_env("AUSPEX_RING_BUFFER_SIZE", "3M");
         let message = error(&flags(&[]));
@@ -186,7 +203,11 @@ fn the_environment_names_its_variable() {
         jail.set_env("AUSPEX_PORT_8080_TCP_ADDR", "10.0.0.1");
         jail.set_env("AUSPEX_PORT", "tcp://10.0.0.1:8080");
         resolve(&flags(&[])).map_err(|e| e.to_string())?;
-        assert!(unknown_variables().is_empty(), "{:?}", unknown_variables());
+        assert!(
+            misspelt_variables().is_empty(),
+            "{:?}",
+            misspelt_variables()
+        );
 
         jail.create_file("from-env.yaml", "method: proc\n").unwrap();
         jail.set_env(CONFIG_ENV, "from-env.yaml");

@@ -8,7 +8,7 @@
 #define AUSPEX_OUTPUT_H
 
 #include "events.h"
-#include "counters.h"
+#include "lib/counters.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -3,7 +3,7 @@
 #ifndef AUSPEX_PERF_OUTPUT_H
 #define AUSPEX_PERF_OUTPUT_H
 
-#include "counters.h"
+#include "lib/counters.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);

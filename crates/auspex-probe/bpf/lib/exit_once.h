@@ -3,9 +3,10 @@
 #ifndef AUSPEX_EXIT_ONCE_H
 #define AUSPEX_EXIT_ONCE_H
 
-#include "events.h"
+#include <bpf/bpf_core_read.h>
 
-#define AUSPEX_EEXIST 17
+#include "events.h"
+#include "lib/constants.h"
 
 /* A process, for as long as anyone could confuse it: the leader's start
  * time tells a reused pid apart. */
@@ -64,7 +65,7 @@ static __always_inline bool reports_process_exit(struct task_struct *task)
 
 	/* Any other failure than "already there" still reports: a duplicate
 	 * is better than a lost exit. */
-	return bpf_map_update_elem(&exits_reported, &key, &reported, BPF_NOEXIST) != -AUSPEX_EEXIST;
+	return bpf_map_update_elem(&exits_reported, &key, &reported, BPF_NOEXIST) != -EEXIST;
 }
 
 #endif /* AUSPEX_EXIT_ONCE_H */

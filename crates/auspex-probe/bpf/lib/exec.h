@@ -3,6 +3,8 @@
 #ifndef AUSPEX_EXEC_H
 #define AUSPEX_EXEC_H
 
+#include <bpf/bpf_core_read.h>
+
 #include "events.h"
 
 /*

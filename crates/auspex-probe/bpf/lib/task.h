@@ -4,7 +4,7 @@
 #define AUSPEX_TASK_H
 
 #include "events.h"
-#include "reads.h"
+#include "lib/reads.h"
 
 static __always_inline void fill_task(struct task_info *info, struct task_struct *task,
 					bool trusted)
