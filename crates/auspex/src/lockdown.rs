@@ -124,7 +124,7 @@ mod seccomp {
     /// what was seen (`ppoll` beside `poll`, `epoll_pwait` beside
     /// `epoll_wait`, ...), so that a path not taken in the trace does not
     /// fail where a sibling is used.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     const ALLOWED: &[i64] = &[
         libc::SYS_read,
         libc::SYS_write,
@@ -132,26 +132,20 @@ mod seccomp {
         libc::SYS_writev,
         libc::SYS_pread64,
         libc::SYS_pwrite64,
-        libc::SYS_open,
         libc::SYS_openat,
         libc::SYS_close,
         libc::SYS_lseek,
         libc::SYS_fstat,
-        libc::SYS_stat,
-        libc::SYS_lstat,
         libc::SYS_newfstatat,
         libc::SYS_statx,
         libc::SYS_statfs,
         libc::SYS_fstatfs,
-        libc::SYS_access,
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
-        libc::SYS_readlink,
         libc::SYS_readlinkat,
         libc::SYS_getdents64,
         libc::SYS_fcntl,
         libc::SYS_dup,
-        libc::SYS_dup2,
         libc::SYS_dup3,
         libc::SYS_pipe2,
         libc::SYS_fsync,
@@ -171,7 +165,6 @@ mod seccomp {
         libc::SYS_sched_getaffinity,
         libc::SYS_clone,
         libc::SYS_clone3,
-        libc::SYS_vfork,
         libc::SYS_execve,
         libc::SYS_wait4,
         libc::SYS_waitid,
@@ -186,12 +179,10 @@ mod seccomp {
         libc::SYS_getegid,
         libc::SYS_getrandom,
         libc::SYS_uname,
-        libc::SYS_arch_prctl,
         libc::SYS_prctl,
         libc::SYS_capget,
         libc::SYS_capset,
         libc::SYS_prlimit64,
-        libc::SYS_getrlimit,
         libc::SYS_rt_sigaction,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigreturn,
@@ -201,11 +192,9 @@ mod seccomp {
         libc::SYS_clock_nanosleep,
         libc::SYS_nanosleep,
         libc::SYS_gettimeofday,
-        libc::SYS_poll,
         libc::SYS_ppoll,
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,
-        libc::SYS_epoll_wait,
         libc::SYS_epoll_pwait,
         libc::SYS_epoll_pwait2,
         libc::SYS_eventfd2,
@@ -222,92 +211,25 @@ mod seccomp {
         libc::SYS_setsockopt,
     ];
 
-    #[cfg(target_arch = "aarch64")]
-    const ALLOWED: &[i64] = &[
-        libc::SYS_read,
-        libc::SYS_write,
-        libc::SYS_readv,
-        libc::SYS_writev,
-        libc::SYS_pread64,
-        libc::SYS_pwrite64,
-        libc::SYS_openat,
-        libc::SYS_close,
-        libc::SYS_lseek,
-        libc::SYS_fstat,
-        libc::SYS_newfstatat,
-        libc::SYS_statx,
-        libc::SYS_statfs,
-        libc::SYS_fstatfs,
-        libc::SYS_faccessat,
-        libc::SYS_faccessat2,
-        libc::SYS_readlinkat,
-        libc::SYS_getdents64,
-        libc::SYS_fcntl,
-        libc::SYS_dup,
-        libc::SYS_dup3,
-        libc::SYS_pipe2,
-        libc::SYS_fsync,
-        libc::SYS_fdatasync,
-        libc::SYS_mmap,
-        libc::SYS_munmap,
-        libc::SYS_mprotect,
-        libc::SYS_mremap,
-        libc::SYS_madvise,
-        libc::SYS_brk,
-        libc::SYS_futex,
-        libc::SYS_set_robust_list,
-        libc::SYS_get_robust_list,
-        libc::SYS_set_tid_address,
-        libc::SYS_rseq,
-        libc::SYS_sched_yield,
-        libc::SYS_sched_getaffinity,
-        libc::SYS_clone,
-        libc::SYS_clone3,
-        libc::SYS_execve,
-        libc::SYS_wait4,
-        libc::SYS_waitid,
-        libc::SYS_exit,
-        libc::SYS_exit_group,
-        libc::SYS_getpid,
-        libc::SYS_getppid,
-        libc::SYS_gettid,
-        libc::SYS_getuid,
-        libc::SYS_geteuid,
-        libc::SYS_getgid,
-        libc::SYS_getegid,
-        libc::SYS_getrandom,
-        libc::SYS_uname,
-        libc::SYS_prctl,
-        libc::SYS_capget,
-        libc::SYS_capset,
-        libc::SYS_prlimit64,
-        libc::SYS_rt_sigaction,
-        libc::SYS_rt_sigprocmask,
-        libc::SYS_rt_sigreturn,
-        libc::SYS_sigaltstack,
-        libc::SYS_clock_gettime,
-        libc::SYS_clock_getres,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_nanosleep,
-        libc::SYS_gettimeofday,
-        libc::SYS_ppoll,
-        libc::SYS_epoll_create1,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_pwait,
-        libc::SYS_epoll_pwait2,
-        libc::SYS_eventfd2,
-        libc::SYS_accept,
-        libc::SYS_accept4,
-        libc::SYS_recvfrom,
-        libc::SYS_recvmsg,
-        libc::SYS_sendto,
-        libc::SYS_sendmsg,
-        libc::SYS_shutdown,
-        libc::SYS_getsockname,
-        libc::SYS_getpeername,
-        libc::SYS_getsockopt,
-        libc::SYS_setsockopt,
+    /// The older calls x86_64 has beside their `*at` forms (and `vfork`,
+    /// `arch_prctl`), which its C library and loader still use.
+    #[cfg(target_arch = "x86_64")]
+    const ALLOWED_HERE: &[i64] = &[
+        libc::SYS_open,
+        libc::SYS_stat,
+        libc::SYS_lstat,
+        libc::SYS_access,
+        libc::SYS_readlink,
+        libc::SYS_dup2,
+        libc::SYS_vfork,
+        libc::SYS_arch_prctl,
+        libc::SYS_getrlimit,
+        libc::SYS_poll,
+        libc::SYS_epoll_wait,
     ];
+
+    #[cfg(not(target_arch = "x86_64"))]
+    const ALLOWED_HERE: &[i64] = &[];
 
     /// Elsewhere `arch()` refuses, and the agent runs without the filter.
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -363,8 +285,11 @@ mod seccomp {
 
     pub fn program() -> Result<BpfProgram, String> {
         let arch = arch()?;
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-            ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+            .iter()
+            .chain(ALLOWED_HERE)
+            .map(|nr| (*nr, Vec::new()))
+            .collect();
         rules.insert(
             libc::SYS_bpf,
             one_of(0, BPF_COMMANDS).map_err(|e| e.to_string())?,

@@ -56,15 +56,4 @@ mod tests {
         }
         assert!(candidates("dtrace").is_err());
     }
-
-    /// The command line and the config file accept exactly these (and
-    /// `auto`): config/values.rs checks names against a list of its own,
-    /// which this keeps in step with the one list of methods.
-    #[test]
-    fn the_options_accept_every_method() {
-        let expected: Vec<&str> = std::iter::once("auto")
-            .chain(METHODS.iter().map(|m| m.name()))
-            .collect();
-        assert_eq!(crate::config::values::METHODS, expected);
-    }
 }

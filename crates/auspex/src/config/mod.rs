@@ -90,25 +90,13 @@ pub struct RunArgs {
     pub listen: Listen,
     pub grpc_listen: Listen,
     pub report: Report,
-    #[serde(
-        serialize_with = "values::secs::serialize",
-        deserialize_with = "values::secs::interval"
-    )]
+    #[serde(with = "values::interval")]
     pub scan_interval: Duration,
-    #[serde(
-        serialize_with = "values::secs::serialize",
-        deserialize_with = "values::secs::interval"
-    )]
+    #[serde(with = "values::interval")]
     pub canary_timeout: Duration,
-    #[serde(
-        serialize_with = "values::secs::serialize",
-        deserialize_with = "values::secs::heartbeat"
-    )]
+    #[serde(with = "values::heartbeat")]
     pub heartbeat_interval: Duration,
-    #[serde(
-        serialize_with = "values::secs::serialize",
-        deserialize_with = "values::secs::interval"
-    )]
+    #[serde(with = "values::interval")]
     pub delta_interval: Duration,
     #[serde(with = "values::secs")]
     pub afterglow: Duration,

@@ -10,9 +10,13 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// The collection methods `--method` accepts: `auto` tries the others in
-/// order.
-pub const METHODS: &[&str] = &["auto", "core_bpf", "ebpf", "proc"];
+/// The names `--method` accepts: `auto`, which tries the others in order,
+/// and each method of the one list (methods.rs).
+pub fn method_names() -> Vec<&'static str> {
+    std::iter::once("auto")
+        .chain(crate::methods::METHODS.iter().map(|m| m.name()))
+        .collect()
+}
 
 /// The longest interval any duration option accepts: a day. Longer is a
 /// typo, and bounding it keeps `Instant + interval` from overflowing.
@@ -50,12 +54,13 @@ pub fn parse_listen(text: &str) -> Result<Listen, String> {
 }
 
 pub fn parse_method(text: &str) -> Result<String, String> {
-    if METHODS.contains(&text) {
+    let names = method_names();
+    if names.contains(&text) {
         Ok(text.to_string())
     } else {
         Err(format!(
             "'{text}' is not a collection method (one of: {})",
-            METHODS.join(", ")
+            names.join(", ")
         ))
     }
 }
@@ -172,27 +177,28 @@ fn parsed<'de, D: Deserializer<'de>, T>(
     })
 }
 
-/// serde for durations: a number of seconds (fractions allowed); each
-/// range has its own reader, the writer is shared.
-pub mod secs {
-    use super::*;
+/// serde for durations: a number of seconds (fractions allowed), one
+/// module per range (`secs`: from 0, `interval`: a period, `heartbeat`: 0 or
+/// a period), written the same way.
+macro_rules! seconds_in_range {
+    ($module:ident, $parse:path) => {
+        pub mod $module {
+            use super::*;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
+            pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_f64(d.as_secs_f64())
+            }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parsed(d, "a number of seconds", parse_seconds)
-    }
-
-    pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parsed(d, "a number of seconds", parse_interval)
-    }
-
-    pub fn heartbeat<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parsed(d, "a number of seconds", parse_heartbeat)
-    }
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+                parsed(d, "a number of seconds", $parse)
+            }
+        }
+    };
 }
+
+seconds_in_range!(secs, parse_seconds);
+seconds_in_range!(interval, parse_interval);
+seconds_in_range!(heartbeat, parse_heartbeat);
 
 /// serde for ring buffer sizes: bytes, or text such as "8M".
 pub mod ring_size {
@@ -207,7 +213,7 @@ pub mod ring_size {
     }
 }
 
-/// serde for a method name, checked against [`METHODS`].
+/// serde for a method name, checked against [`method_names`].
 pub mod method {
     use super::*;
 
