@@ -58,6 +58,9 @@ pub fn kernel_btf_elsewhere() -> Option<&'static Path> {
 /// Parses a BTF file (raw BTF, or an ELF with a .BTF section) and checks
 /// that it describes a kernel.
 pub fn check_btf_file(path: &Path) -> Result<(), ProbeError> {
+    // libbpf's complaint about the file goes to the log at debug level:
+    // the error returned says it once, clearly.
+    crate::libbpf_log::forward_to_tracing();
     if !path.exists() {
         return Err(ProbeError::BtfFileMissing(path.to_path_buf()));
     }

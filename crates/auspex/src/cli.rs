@@ -175,6 +175,20 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockdown: Option<bool>,
 
+    /// On SIGINT or SIGTERM, how long the agent may wait for its outputs to
+    /// take what they still hold; what they have not taken by then is
+    /// counted as not delivered, and the exit status is 1 [default: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_seconds)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub flush_timeout: Option<Duration>,
+
+    /// Events each output (the output, the gRPC stream) may fall behind by;
+    /// past that it loses the oldest, counted as `<sink>_queue_full`
+    /// [default: 16384].
+    #[arg(long, value_name = "N", value_parser = values::parse_sink_queue)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink_queue: Option<usize>,
+
     /// Where the HTTP API (/live, /ready, /status, /metrics) listens, or
     /// `off` [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]

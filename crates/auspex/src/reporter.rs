@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use auspex_collect::{Degraded, Drops};
 use auspex_probe::features::FeatureReport;
 
-use crate::metrics::{CauseLabel, FallbackLabels, Metrics};
-use crate::status::{Attempt, BtfUsed, CheckResult, Liveness, Outcome, SharedStatus, Status};
+use crate::metrics::{CauseLabel, FallbackLabels, Metrics, SinkLabel};
+use crate::pipeline::queue::SinkReport;
+use crate::status::{
+    Attempt, BtfUsed, CheckResult, Liveness, Outcome, SharedStatus, SinkStatus, Status,
+};
 
 /// Every change to what the agent tells about itself, each in one place.
 pub struct Reporter {
@@ -21,6 +24,35 @@ pub struct Reporter {
     /// Drop counts last added to the metrics (the collectors' are
     /// cumulative, the metrics count increments).
     published_drops: Mutex<HashMap<&'static str, u64>>,
+    /// The same for what each sink wrote.
+    published_written: Mutex<HashMap<&'static str, u64>>,
+    /// What readiness depends on.
+    readiness: Mutex<Readiness>,
+}
+
+/// Ready: a method runs, its last heartbeat passed, and no sink is stalled.
+#[derive(Default)]
+struct Readiness {
+    running: bool,
+    heartbeat_missed: Option<String>,
+    stalled: Option<String>,
+}
+
+impl Readiness {
+    /// Why the agent is not ready, if it is not.
+    fn not_ready(&self) -> Option<String> {
+        match self {
+            Readiness { running: false, .. } => Some("starting".into()),
+            Readiness {
+                heartbeat_missed: Some(why),
+                ..
+            } => Some(format!("heartbeat missed: {why}")),
+            Readiness {
+                stalled: Some(why), ..
+            } => Some(why.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl Reporter {
@@ -31,6 +63,8 @@ impl Reporter {
             liveness: Liveness::default(),
             termination_log,
             published_drops: Mutex::default(),
+            published_written: Mutex::default(),
+            readiness: Mutex::default(),
         }
     }
 
@@ -64,7 +98,10 @@ impl Reporter {
 
     /// One method tried; when it was given up, for `next`.
     pub fn attempt(&self, attempt: Attempt, next: &str) {
-        if attempt.outcome != Outcome::Active {
+        if attempt.outcome == Outcome::Interrupted {
+            // Not a fallback: the agent is stopping.
+            tracing::info!(method = attempt.method, "interrupted: {}", attempt.reason);
+        } else if attempt.outcome != Outcome::Active {
             tracing::warn!(
                 method = attempt.method,
                 next,
@@ -135,7 +172,11 @@ impl Reporter {
         self.update(|s| s.lockdown = Some(state));
     }
 
-    pub fn ready(&self, not_ready: Option<String>) {
+    /// Readiness changed: into /status, /ready and the metric.
+    fn settle(&self, change: impl FnOnce(&mut Readiness)) {
+        let mut readiness = self.readiness.lock().unwrap();
+        change(&mut readiness);
+        let not_ready = readiness.not_ready();
         self.metrics.ready.set(i64::from(not_ready.is_none()));
         self.update(|s| {
             s.ready = not_ready.is_none();
@@ -143,12 +184,18 @@ impl Reporter {
         });
     }
 
+    /// The method runs and was proven: ready, unless something else says
+    /// otherwise.
+    pub fn running(&self) {
+        self.settle(|r| r.running = true);
+    }
+
     pub fn heartbeat(&self, check: CheckResult) {
         if !check.passed {
             tracing::warn!("heartbeat missed: {}", check.detail);
             self.metrics.heartbeat_misses.inc();
         }
-        self.ready((!check.passed).then(|| format!("heartbeat missed: {}", check.detail)));
+        self.settle(|r| r.heartbeat_missed = (!check.passed).then(|| check.detail.clone()));
         self.update(|s| {
             s.heartbeat.misses += u64::from(!check.passed);
             s.heartbeat.last = Some(check);
@@ -174,6 +221,50 @@ impl Reporter {
         });
     }
 
+    /// Each sink's state, into /status and /metrics; a stalled sink makes
+    /// the agent not ready (and is logged when it stalls and recovers).
+    pub fn sinks(&self, sinks: Vec<SinkStatus>) {
+        let mut published = self.published_written.lock().unwrap();
+        for sink in &sinks {
+            let label = SinkLabel {
+                sink: sink.sink.to_string(),
+            };
+            let last = published.insert(sink.sink, sink.written).unwrap_or(0);
+            self.metrics
+                .sink_written
+                .get_or_create(&label)
+                .inc_by(sink.written.saturating_sub(last));
+            self.metrics
+                .sink_queued
+                .get_or_create(&label)
+                .set(sink.queued as i64);
+            self.metrics
+                .sink_stalled
+                .get_or_create(&label)
+                .set(sink.stalled_for_s.unwrap_or(0) as i64);
+        }
+        drop(published);
+        let stalled = sinks.iter().find_map(|s| {
+            let (why, since) = (s.stalled.as_ref()?, s.stalled_since?);
+            let since = chrono::DateTime::from_timestamp(since as i64, 0)
+                .map_or(since.to_string(), |t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                });
+            Some(format!(
+                "the {} sink is stalled since {since}: {why} ({} events lost so far)",
+                s.sink, s.lost
+            ))
+        });
+        let was = self.readiness.lock().unwrap().stalled.is_some();
+        match (&stalled, was) {
+            (Some(why), false) => tracing::warn!("{why}"),
+            (None, true) => tracing::info!("no sink is stalled any more"),
+            _ => {}
+        }
+        self.update(|s| s.sinks = sinks);
+        self.settle(|r| r.stalled = stalled);
+    }
+
     /// The startup diagnostics block: every attempt, its outcome and time.
     pub fn log_diagnostics(&self) {
         self.update(|s| {
@@ -195,25 +286,49 @@ impl Reporter {
     }
 }
 
-/// The line `auspex run` prints on exit: events by type, and every loss.
+/// The line `auspex run` prints on exit: events reported by type, what
+/// each sink wrote (flushed, not merely buffered) and did not, and every
+/// loss. Events a sink still held when it was given up at the flush
+/// deadline count among the losses too, as `<sink>_undelivered`.
 pub fn summary(
-    written: &BTreeMap<&'static str, u64>,
+    reported: &BTreeMap<&'static str, u64>,
     drops: &Drops,
+    sinks: &[SinkReport],
     processes_evicted: u64,
     elapsed: std::time::Duration,
 ) -> String {
-    let total: u64 = written.values().sum();
-    let by_type: Vec<String> = written.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let lost: u64 = drops.iter().map(|(_, v)| v).sum();
-    let by_cause: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let total: u64 = reported.values().sum();
+    let by_type: Vec<String> = reported.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let left: Vec<(String, u64)> = sinks
+        .iter()
+        .map(|s| (format!("{}_undelivered", s.id), s.left))
+        .collect();
+    let lost: u64 =
+        drops.iter().map(|(_, v)| v).sum::<u64>() + left.iter().map(|(_, v)| v).sum::<u64>();
+    let by_cause: Vec<String> = drops
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .chain(left.iter().map(|(k, v)| format!("{k} {v}")))
+        .collect();
+    let by_sink: Vec<String> = sinks
+        .iter()
+        .map(|s| match s.undelivered() {
+            0 => format!("{} wrote {}", s.name, s.written),
+            n => format!(
+                "{} wrote {} and did not get {n} ({} lost to its full queue, {} left at the end)",
+                s.name, s.written, s.lost, s.left
+            ),
+        })
+        .collect();
     format!(
-        "{total} events in {:.1} s ({}); dropped or incomplete {lost} ({}, processes forgotten {processes_evicted})",
+        "{total} events in {:.1} s ({}); {}; dropped or incomplete {lost} ({}, processes forgotten {processes_evicted})",
         elapsed.as_secs_f64(),
         if by_type.is_empty() {
             "none".to_string()
         } else {
             by_type.join(", ")
         },
+        by_sink.join(", "),
         by_cause.join(", "),
     )
 }

@@ -1,14 +1,15 @@
 //! `auspex run`: wires the stages together and keeps the time. The method
 //! selector (collect/select.rs) returns a proven method, read on a thread
 //! of its own (collect/reader.rs); the pipeline (pipeline/) takes each event
-//! through enrich → filter → track → sinks on this thread; the loop below
-//! owns the timers: heartbeat, deltas, published counters.
+//! through enrich → filter → track → sinks on this thread, each sink
+//! written by a thread of its own; the loop below owns the timers:
+//! heartbeat, deltas, published counters.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::canary::Heartbeat;
@@ -16,7 +17,9 @@ use crate::collect::reader::POLL_INTERVAL;
 use crate::collect::{scrape, select, Reader, Selection};
 use crate::config::RunArgs;
 use crate::metrics::Metrics;
-use crate::pipeline::sink::{JsonLines, Sink, Sinks};
+use crate::pipeline::output::JsonLines;
+use crate::pipeline::queue::SinkReport;
+use crate::pipeline::sink::{Sink, Sinks};
 use crate::pipeline::Pipeline;
 use crate::reporter::{summary, Reporter};
 
@@ -29,9 +32,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install the signal handlers")?;
     }
+    // Wrong settings fail here, before anything is loaded.
+    if let Some(btf) = &args.btf {
+        auspex_probe::btf::check_btf_file(btf).context("--btf")?;
+    }
     let output: Box<dyn Sink> = match &args.output {
-        Some(path) => Box::new(JsonLines::create(path)?),
-        None => Box::new(JsonLines::stdout()),
+        Some(path) => match JsonLines::create(path, &stop)? {
+            Some(file) => Box::new(file),
+            // Stopped while waiting for a FIFO's reader.
+            None => return Ok(()),
+        },
+        None => Box::new(JsonLines::stdout()?),
     };
     auspex_probe::btf::read_kernel_btf_at(&args.kernel_btf);
     let metrics = Arc::new(Metrics::new());
@@ -41,18 +52,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let bound = crate::http::serve(addr, reporter.shared(), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
-    let mut sinks = vec![output];
+    let mut sinks = vec![("output", output)];
     if let Some(addr) = args.grpc_listen.0 {
         let server = crate::grpc::serve(addr, Arc::clone(&metrics))?;
         tracing::info!(
             "gRPC event stream on http://{} (auspex.v1.Events/Subscribe)",
             server.addr
         );
-        sinks.push(Box::new(server));
+        sinks.push(("grpc", Box::new(server)));
     }
-    let mut pipeline = Pipeline::new(args, Sinks::new(sinks, Arc::clone(&metrics)));
+    let sinks = Sinks::new(sinks, args.sink_queue, Arc::clone(&metrics))
+        .context("cannot start the sinks' writers")?;
+    let mut pipeline = Pipeline::new(args, sinks);
     let started = Instant::now();
-    let mut running = select(&Selection::from(args), &mut pipeline, &reporter, &stop)?;
+    let Some(mut running) = select(&Selection::from(args), &mut pipeline, &reporter, &stop)? else {
+        // A signal during startup is a request to stop, not a fault: no
+        // termination log, exit status 0.
+        tracing::info!("stopped during startup, before a method was proven");
+        let deadline = Instant::now() + args.flush_timeout;
+        return finish(pipeline, &[], started, deadline);
+    };
     reporter.log_diagnostics();
     scrape::report_existing(&mut running, &mut pipeline);
     if args.lockdown {
@@ -61,11 +80,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Ready only now: the scrape told the probes who owns the listeners
     // that predate them, without which their connections have no owner.
     // The method's drop causes are in /metrics (at zero) once it is ready.
-    reporter.counters(
-        pipeline.written(),
-        &[running.reader.drops(), pipeline.drops()].concat(),
-    );
-    reporter.ready(None);
+    publish(&reporter, &running.reader, &pipeline);
+    reporter.running();
     let output = args
         .output
         .as_ref()
@@ -77,23 +93,77 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
 
     collect(&mut running.reader, &mut pipeline, &reporter, args, &stop)?;
+    // Everything from here on is bounded by the flush deadline: a sink
+    // that does not take what it is owed is given up then, counted.
+    let deadline = Instant::now() + args.flush_timeout;
     // What the kernel produced before the stop is still owed to the user.
-    let drops = running.reader.stop(&mut |e| {
+    let drops = running.reader.stop(deadline, &mut |e| {
         pipeline.process(e);
     })?;
     pipeline.write_deltas();
-    let (written, evicted) = (pipeline.written().clone(), pipeline.processes_evicted());
-    let failure = pipeline.finish();
+    finish(pipeline, &drops, started, deadline)
+}
+
+/// Ends the sinks by `deadline`, prints the summary, and says whether
+/// every event was delivered.
+fn finish(
+    pipeline: Pipeline,
+    reader_drops: &[(&'static str, u64)],
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let reported = pipeline.reported().clone();
+    let evicted = pipeline.processes_evicted();
+    let drops = [reader_drops.to_vec(), pipeline.drops()].concat();
+    let sinks = pipeline.finish(deadline);
     eprintln!(
         "auspex: {}",
-        summary(&written, &drops, evicted, started.elapsed())
+        summary(&reported, &drops, &sinks, evicted, started.elapsed())
     );
-    match failure {
+    delivered(sinks)
+}
+
+/// The run's result from what the sinks did: a sink's error, or the
+/// events a sink did not get.
+fn delivered(sinks: Vec<SinkReport>) -> anyhow::Result<()> {
+    let mut failed = sinks
+        .iter()
+        .filter_map(|s| Some((s.name, s.error.as_ref()?)));
+    match failed.next() {
         // The reader went away (`auspex run | head`): a normal way to stop.
-        Some((_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Some((sink, e)) => Err(e).with_context(|| format!("writing events to {sink} failed")),
-        None => Ok(()),
+        Some((_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Some((name, e)) => {
+            return Err(anyhow!("{e}")).with_context(|| format!("writing events to {name} failed"))
+        }
+        None => {}
     }
+    let short: Vec<String> = sinks
+        .iter()
+        .filter(|s| s.undelivered() > 0)
+        .map(|s| {
+            format!(
+                "{} did not get {} events ({} lost while it could not keep up, {} still \
+                 unwritten at the flush deadline)",
+                s.name,
+                s.undelivered(),
+                s.lost,
+                s.left
+            )
+        })
+        .collect();
+    match short.is_empty() {
+        true => Ok(()),
+        false => Err(anyhow!("{}", short.join("; "))),
+    }
+}
+
+/// Counters, drops and the sinks' state into /status and /metrics.
+fn publish(reporter: &Reporter, reader: &Reader, pipeline: &Pipeline) {
+    reporter.counters(
+        pipeline.reported(),
+        &[reader.drops(), pipeline.drops()].concat(),
+    );
+    reporter.sinks(pipeline.sinks());
 }
 
 /// The main loop: deliver events, and keep the heartbeat, the deltas and
@@ -127,16 +197,10 @@ fn collect(
             next_delta += args.delta_interval;
         }
         if Instant::now() >= next_publish {
-            reporter.counters(
-                pipeline.written(),
-                &[reader.drops(), pipeline.drops()].concat(),
-            );
+            publish(reporter, reader, pipeline);
             next_publish = Instant::now() + PUBLISH_INTERVAL;
         }
     }
-    reporter.counters(
-        pipeline.written(),
-        &[reader.drops(), pipeline.drops()].concat(),
-    );
+    publish(reporter, reader, pipeline);
     Ok(())
 }

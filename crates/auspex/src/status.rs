@@ -23,6 +23,9 @@ pub enum Outcome {
     Failed,
     /// It ran but did not see the canary in time.
     CanaryMissed,
+    /// A signal stopped the agent while the method was being tried: no
+    /// verdict on the method.
+    Interrupted,
     /// It runs.
     Active,
 }
@@ -38,6 +41,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Failed => "failed",
             Outcome::CanaryMissed => "canary_missed",
+            Outcome::Interrupted => "interrupted",
             Outcome::Active => "active",
         }
     }
@@ -49,6 +53,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Failed => "failed",
             Outcome::CanaryMissed => "canary missed",
+            Outcome::Interrupted => "interrupted",
             Outcome::Active => "active",
         })
     }
@@ -96,8 +101,36 @@ pub struct Status {
     pub lockdown: Option<crate::lockdown::Lockdown>,
     pub canary: Option<CheckResult>,
     pub heartbeat: Heartbeat,
+    /// Events reported, by type: handed to every sink (each sink's own
+    /// count of what it wrote is in `sinks`).
     pub events: BTreeMap<&'static str, u64>,
     pub drops: BTreeMap<&'static str, u64>,
+    /// Each sink: what it wrote, what waits in its queue, what it lost, and
+    /// whether it is stalled.
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// One sink (pipeline/queue.rs), as /status shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkStatus {
+    /// `output` or `grpc`.
+    pub sink: &'static str,
+    /// Events written and flushed.
+    pub written: u64,
+    /// Events waiting in its queue.
+    pub queued: u64,
+    /// The most its queue holds.
+    pub capacity: u64,
+    /// Events lost because its queue was full (the oldest first).
+    pub lost: u64,
+    /// Why it is stalled, when it is: a write that has not returned for
+    /// long, or a queue so full that it loses events.
+    pub stalled: Option<String>,
+    /// Since when (seconds since the Unix epoch) and for how long.
+    pub stalled_since: Option<u64>,
+    pub stalled_for_s: Option<u64>,
+    /// The error that ended it.
+    pub error: Option<String>,
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -160,7 +193,9 @@ pub struct Liveness(Arc<AtomicU64>);
 /// within 100 ms; loading a probe (the verifier) takes about a second here.
 pub const LIVENESS_STALL: Duration = Duration::from_secs(30);
 
-fn monotonic_ms() -> u64 {
+/// Milliseconds on a monotonic clock, never 0 (which callers use for
+/// "none").
+pub fn monotonic_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     // +1: zero means "no beat yet".
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1

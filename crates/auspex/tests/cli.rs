@@ -151,19 +151,25 @@ fn network_events_name_the_owning_processes_and_their_executables() {
 }
 
 #[test]
-fn missing_btf_file_is_one_clear_line() {
-    let (code, stderr) = run_failing(&mut auspex_run(&[
-        "--method",
-        "core_bpf",
-        "--btf",
-        "/nonexistent/vmlinux",
-    ]));
-    assert_eq!(code, 1);
-    assert_eq!(
-        error_line(&stderr),
-        "auspex: error: the core_bpf method cannot run here: core_bpf (skipped): BTF file \
-         /nonexistent/vmlinux does not exist"
-    );
+fn missing_btf_file_is_one_clear_line_whatever_the_method() {
+    // A setting that cannot be used is an error under every method, not a
+    // reason for `auto` to pick another (it used to run ebpf without BTF).
+    for method in ["auto", "core_bpf", "ebpf", "proc"] {
+        let (code, stderr) = run_failing(&mut auspex_run(&[
+            "--method",
+            method,
+            "--btf",
+            "/nonexistent/vmlinux",
+        ]));
+        assert_eq!(code, 1, "{method}: {stderr}");
+        assert_eq!(
+            error_line(&stderr),
+            "auspex: error: --btf: BTF file /nonexistent/vmlinux does not exist",
+            "{method}"
+        );
+        // Refused before anything was tried.
+        assert_eq!(stderr.lines().count(), 1, "{method}: {stderr}");
+    }
 }
 
 #[test]
@@ -179,8 +185,8 @@ fn corrupt_btf_files_are_one_clear_line() {
     assert_eq!(code, 1);
     assert!(
         error_line(&stderr).ends_with(&format!(
-            "core_bpf (skipped): BTF file {} cannot be used: not a BTF file (neither raw BTF nor \
-             an ELF with a .BTF section)",
+            "--btf: BTF file {} cannot be used: not a BTF file (neither raw BTF nor an ELF with \
+             a .BTF section)",
             random.display()
         )),
         "{stderr}"
@@ -341,26 +347,33 @@ fn without_kernel_btf_a_btf_file_gives_ebpf_its_core_reads() {
 #[test]
 fn without_kernel_btf_a_btf_file_cannot_stand_in_for_core_bpf() {
     // A --btf file cannot replace the kernel's BTF (tp_btf attaches through
-    // it); a missing or corrupt one is named as well.
+    // it), and the error says so; a missing or corrupt one is refused first.
+    let dir = tempfile::tempdir().unwrap();
+    let btf = dir.path().join("vmlinux.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
     let (code, stderr) =
-        run_without_kernel_btf(&["--method", "core_bpf", "--btf", "/nonexistent/vmlinux.btf"]);
+        run_without_kernel_btf(&["--method", "core_bpf", "--btf", btf.to_str().unwrap()]);
     assert_eq!(code, 1);
     let error = error_line(&stderr);
     assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
     assert!(
-        error.contains("BTF file /nonexistent/vmlinux.btf does not exist"),
+        error.contains("tp_btf programs attach through it; --btf cannot replace it"),
         "{stderr}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
     let corrupt = dir.path().join("corrupt.btf");
     std::fs::write(&corrupt, vec![0x5a; 4096]).unwrap();
     let (code, stderr) =
         run_without_kernel_btf(&["--method", "core_bpf", "--btf", corrupt.to_str().unwrap()]);
     assert_eq!(code, 1);
-    let error = error_line(&stderr);
-    assert!(error.contains(NO_KERNEL_BTF), "{stderr}");
-    assert!(error.contains("cannot be used: not a BTF file"), "{stderr}");
+    assert_eq!(
+        error_line(&stderr),
+        format!(
+            "auspex: error: --btf: BTF file {} cannot be used: not a BTF file (neither raw BTF \
+             nor an ELF with a .BTF section)",
+            corrupt.display()
+        )
+    );
 }
 
 #[test]

@@ -48,12 +48,18 @@ struct Shared {
     /// The collector's drops, as last read.
     drops: Mutex<Drops>,
     queue_full: AtomicU64,
+    /// Events still queued when stopping passed its deadline.
+    past_deadline: AtomicU64,
 }
 
 impl Shared {
     fn snapshot(&self) -> Drops {
         let mut drops = self.drops.lock().unwrap().clone();
         drops.push(("enrich_queue_full", self.queue_full.load(Ordering::Relaxed)));
+        drops.push((
+            "stop_deadline_passed",
+            self.past_deadline.load(Ordering::Relaxed),
+        ));
         drops
     }
 }
@@ -214,12 +220,21 @@ impl Reader {
     }
 
     /// Stops the method, handing over what it still delivers (what the
-    /// kernel produced before the stop is owed to the user too), and
-    /// returns the final drops. Unloads the method.
-    pub fn stop(self, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<Drops> {
+    /// kernel produced before the stop is owed to the user too) until
+    /// `deadline`; what comes after it is counted, not handed over
+    /// (`stop_deadline_passed`: enrichment may be slow). Returns the final
+    /// drops. Unloads the method.
+    pub fn stop(self, deadline: Instant, on_event: &mut dyn FnMut(Event)) -> anyhow::Result<Drops> {
+        let past_deadline = &self.shared.past_deadline;
+        let mut on_event = |e| match Instant::now() < deadline {
+            true => on_event(e),
+            false => {
+                past_deadline.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         match self.source {
             Source::Inline(mut collector) => {
-                collector.drain(on_event)?;
+                collector.drain(&mut on_event)?;
                 *self.shared.drops.lock().unwrap() = collector.drops()?;
             }
             Source::Thread {
@@ -230,7 +245,7 @@ impl Reader {
             } => {
                 stop.store(true, Ordering::Relaxed);
                 // Ends when the thread has drained the collector and gone.
-                events.iter().for_each(on_event);
+                events.iter().for_each(&mut on_event);
                 if let Some(thread) = thread {
                     joined(thread)?;
                 }
@@ -377,14 +392,44 @@ mod tests {
         }
         let mut pids = Vec::new();
         let drops = reader
-            .stop(&mut |e| pids.push(e.kind.process().unwrap().pid))
+            .stop(far(), &mut |e| pids.push(e.kind.process().unwrap().pid))
             .unwrap();
         assert_eq!(
             pids,
             (0..QUEUE_CAPACITY as u32).collect::<Vec<_>>(),
             "the first ones, in order"
         );
-        assert_eq!(drops, [("burst_lost", 7), ("enrich_queue_full", lost)]);
+        assert_eq!(
+            drops,
+            [
+                ("burst_lost", 7),
+                ("enrich_queue_full", lost),
+                ("stop_deadline_passed", 0)
+            ]
+        );
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn what_is_still_queued_when_the_stop_deadline_has_passed_is_counted() {
+        let (reader, _) = Reader::start(&Burst, &config()).unwrap();
+        let lost = (BURST - QUEUE_CAPACITY) as u64;
+        let start = Instant::now();
+        while !reader.drops().contains(&("enrich_queue_full", lost)) {
+            assert!(start.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut handed = 0;
+        let drops = reader.stop(Instant::now(), &mut |_| handed += 1).unwrap();
+        assert_eq!(handed, 0);
+        assert_eq!(
+            drops[2],
+            ("stop_deadline_passed", QUEUE_CAPACITY as u64),
+            "{drops:?}"
+        );
     }
 
     #[test]
@@ -408,7 +453,7 @@ mod tests {
             assert!(pids.len() - before <= BATCH + 1);
         }
         reader
-            .stop(&mut |e| pids.push(e.kind.process().unwrap().pid))
+            .stop(far(), &mut |e| pids.push(e.kind.process().unwrap().pid))
             .unwrap();
         assert!(pids.windows(2).all(|w| w[0] < w[1]), "in order");
     }

@@ -2,14 +2,15 @@
 //! passes its self-check (canary.rs), and returns it running. A method that
 //! cannot run here is skipped with the reason; one that fails to start or
 //! misses its canary is unloaded, and the next is tried. Every attempt is
-//! reported (status.rs).
+//! reported (status.rs). A signal meanwhile ends the selection without a
+//! verdict: stopping during startup is not a fault.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use auspex_collect::{Config, Method};
+use auspex_collect::{Config, Degraded, Method};
 use auspex_probe::features::{self, Check, FeatureReport};
 
 use super::reader::{Reader, Started, POLL_INTERVAL};
@@ -53,13 +54,13 @@ pub struct Running {
 }
 
 /// The events the candidates deliver meanwhile go through `pipeline` (and
-/// are reported, except the canaries').
+/// are reported, except the canaries'). `None` when `stop` was set first.
 pub fn select(
     selection: &Selection,
     pipeline: &mut Pipeline,
     reporter: &Reporter,
     stop: &AtomicBool,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<Option<Running>> {
     let connector = Check::from_result(auspex_proc::probe_connector());
     let mut features = features::probe_all(selection.config.btf_file.as_deref(), connector);
     crate::hooks::adjust(&mut features);
@@ -70,6 +71,9 @@ pub fn select(
     reporter.starting(selection.requested, btf_source, &features);
     let candidates = crate::methods::candidates(selection.requested)?;
     for (i, method) in candidates.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let begun = Instant::now();
         let result = attempt(*method, selection, &features, pipeline, reporter, stop);
         let (outcome, reason) = match &result {
@@ -85,15 +89,17 @@ pub fn select(
         reporter.attempt(attempt, candidates.get(i + 1).map_or("none", |m| m.name()));
         if let Ok((reader, started)) = result {
             let btf = btf_used(started.btf.as_deref(), &selection.config);
-            reporter.chosen(method.name(), started.degraded, btf);
-            return Ok(Running {
+            let mut degraded = started.degraded;
+            degraded.extend(blind_spots(selection.requested, method.name(), &features));
+            reporter.chosen(method.name(), degraded, btf);
+            return Ok(Some(Running {
                 method: method.name(),
                 reader,
                 reports_existing_sockets: started.reports_existing_sockets,
-            });
+            }));
         }
-        if stop.load(Ordering::Relaxed) {
-            break;
+        if outcome == Outcome::Interrupted {
+            return Ok(None);
         }
     }
     reporter.log_diagnostics();
@@ -120,29 +126,45 @@ fn attempt(
         .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
     let timeout = selection.canary_timeout + method.canary_allowance(&selection.config);
     let check = prove(&mut reader, pipeline, timeout, reporter, stop);
-    reporter.canary(&check);
-    if check.passed {
+    if let Some(check) = &check {
+        reporter.canary(check);
+    }
+    if check.as_ref().is_some_and(|c| c.passed) {
         return Ok((reader, started));
     }
     // Unloads the method; what it saw until then is reported all the same.
-    let _ = reader.stop(&mut |e| {
+    let _ = reader.stop(Instant::now() + UNLOAD_DEADLINE, &mut |e| {
         pipeline.process(e);
     });
-    Err((Outcome::CanaryMissed, check.detail))
+    match check {
+        Some(check) => Err((Outcome::CanaryMissed, check.detail)),
+        None => Err((
+            Outcome::Interrupted,
+            "stopped by a signal during the self-check".into(),
+        )),
+    }
 }
 
+/// How long unloading a method that missed its canary may take to report
+/// what it saw (a slow /proc may make enrichment slow).
+const UNLOAD_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Runs the full canary through `reader`, delivering every other event
-/// meanwhile.
+/// meanwhile; `None` when `stop` was set before a verdict.
 fn prove(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
     timeout: Duration,
     reporter: &Reporter,
     stop: &AtomicBool,
-) -> CheckResult {
+) -> Option<CheckResult> {
     let mut canary = match Canary::launch(true) {
         Ok(c) => c,
-        Err(e) => return CheckResult::failed(format!("could not start the self-check: {e}")),
+        Err(e) => {
+            return Some(CheckResult::failed(format!(
+                "could not start the self-check: {e}"
+            )))
+        }
     };
     pipeline.own_activity().remember(&canary);
     loop {
@@ -154,15 +176,57 @@ fn prove(
         });
         pipeline.flush();
         if let Err(e) = polled {
-            return canary.interrupted(format!("reading events failed: {e:#}"));
+            return Some(canary.interrupted(format!("reading events failed: {e:#}")));
         }
         if let Some(verdict) = canary.verdict(timeout) {
-            return verdict;
+            return Some(verdict);
         }
         if stop.load(Ordering::Relaxed) {
-            return canary.interrupted("interrupted".into());
+            return None;
         }
     }
+}
+
+/// What the chosen method cannot see for want of privileges, which the
+/// feature probes and method needs do not say: as a user without
+/// capabilities, `auto` runs `proc`, whose events then lack most of what
+/// /proc would tell (measured as `nobody`: 3,894 of 3,895 execs without
+/// `exe`, and only the agent's own processes found by the startup scrape).
+fn blind_spots(requested: &str, chosen: &str, features: &FeatureReport) -> Vec<Degraded> {
+    use caps::{CapSet, Capability};
+    let has = |cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false);
+    let uid = nix::unistd::geteuid();
+    let mut blind = Vec::new();
+    if requested == "auto" && chosen == "proc" && !features.privileges.can_trace() {
+        blind.push(Degraded {
+            feature: "bpf".into(),
+            reason: format!(
+                "running as uid {uid} without CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): no BPF \
+                 method can run, and proc sees only what /proc and the process connector show"
+            ),
+        });
+    }
+    if !has(Capability::CAP_SYS_PTRACE) {
+        blind.push(Degraded {
+            feature: "other_users_exe".into(),
+            reason: format!(
+                "running as uid {uid} without CAP_SYS_PTRACE: /proc/PID/exe of other users' \
+                 processes cannot be read, so their exe is missing wherever it comes from /proc \
+                 (lineage, processes that predate the agent; every exec with proc)"
+            ),
+        });
+    }
+    if !has(Capability::CAP_DAC_READ_SEARCH) && !has(Capability::CAP_DAC_OVERRIDE) {
+        blind.push(Degraded {
+            feature: "other_users_sockets".into(),
+            reason: format!(
+                "running as uid {uid} without CAP_DAC_READ_SEARCH: /proc/PID/fd of other users' \
+                 processes cannot be read, so their sockets found in /proc have no owner \
+                 (listeners that predate the agent; every connection with proc)"
+            ),
+        });
+    }
+    blind
 }
 
 /// The BTF the method was relocated against, with its checksum.

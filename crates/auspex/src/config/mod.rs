@@ -107,6 +107,12 @@ pub struct RunArgs {
     pub termination_log: PathBuf,
     /// After loading: drop capabilities, set no_new_privs, install seccomp.
     pub lockdown: bool,
+    /// How long stopping may wait for the sinks to write what they hold.
+    #[serde(with = "values::secs")]
+    pub flush_timeout: Duration,
+    /// Events each sink's queue holds before it loses the oldest.
+    #[serde(with = "values::sink_queue")]
+    pub sink_queue: usize,
 }
 
 impl Default for RunArgs {
@@ -130,6 +136,8 @@ impl Default for RunArgs {
             never_aggregate: Vec::new(),
             termination_log: "/dev/termination-log".into(),
             lockdown: true,
+            flush_timeout: Duration::from_secs(5),
+            sink_queue: 16384,
         }
     }
 }

@@ -125,6 +125,24 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
+/// The most events a sink's queue may hold: at about 500 bytes of JSON an
+/// event, half a GiB per sink.
+pub const MAX_SINK_QUEUE: usize = 1 << 20;
+
+/// A sink's queue: 1 to [`MAX_SINK_QUEUE`] events.
+pub fn parse_sink_queue(text: &str) -> Result<usize, String> {
+    let events: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of events"))?;
+    if !(1..=MAX_SINK_QUEUE).contains(&events) {
+        return Err(format!(
+            "{text} events is out of range (1 to {MAX_SINK_QUEUE})"
+        ));
+    }
+    Ok(events)
+}
+
 /// The shortest text `parse_ring_size` reads back as `bytes`.
 pub fn format_ring_size(bytes: u32) -> String {
     for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] {
@@ -210,6 +228,19 @@ pub mod ring_size {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         parsed(d, "a size such as 8M", parse_ring_size)
+    }
+}
+
+/// serde for a sink's queue size, in events.
+pub mod sink_queue {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(events: &usize, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*events as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        parsed(d, "a number of events", parse_sink_queue)
     }
 }
 
@@ -324,6 +355,20 @@ mod tests {
         assert!(
             err.contains("0.1 to 86400") && err.ends_with("or 0 for never"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn sink_queues_are_bounded() {
+        assert_eq!(parse_sink_queue("16384"), Ok(16384));
+        assert_eq!(parse_sink_queue("1"), Ok(1));
+        assert_eq!(parse_sink_queue("1048576"), Ok(MAX_SINK_QUEUE));
+        for bad in ["0", "1048577", "-1", "1e3", "lots", "18446744073709551616"] {
+            assert!(parse_sink_queue(bad).is_err(), "{bad} was accepted");
+        }
+        assert_eq!(
+            parse_sink_queue("0").unwrap_err(),
+            "0 events is out of range (1 to 1048576)"
         );
     }
 

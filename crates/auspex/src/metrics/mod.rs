@@ -31,6 +31,11 @@ pub struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: String,
 }
@@ -43,6 +48,10 @@ pub struct Metrics {
     pub ready: Gauge,
     pub heartbeat_misses: Counter,
     pub grpc_dropped: Counter,
+    /// Per sink (pipeline/queue.rs): written, waiting, stalled for.
+    pub sink_written: Family<SinkLabel, Counter>,
+    pub sink_queued: Family<SinkLabel, Gauge>,
+    pub sink_stalled: Family<SinkLabel, Gauge>,
 }
 
 impl Metrics {
@@ -54,6 +63,9 @@ impl Metrics {
         let ready = Gauge::default();
         let heartbeat_misses = Counter::default();
         let grpc_dropped = Counter::default();
+        let sink_written = Family::<SinkLabel, Counter>::default();
+        let sink_queued = Family::<SinkLabel, Gauge>::default();
+        let sink_stalled = Family::<SinkLabel, Gauge>::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -76,6 +88,21 @@ impl Metrics {
             "Events gRPC subscribers lost by falling behind",
             grpc_dropped.clone(),
         );
+        registry.register(
+            "sink_written",
+            "Events each sink wrote (and flushed)",
+            sink_written.clone(),
+        );
+        registry.register(
+            "sink_queued",
+            "Events waiting in each sink's queue",
+            sink_queued.clone(),
+        );
+        registry.register(
+            "sink_stalled_seconds",
+            "How long each sink has been stalled (0: it is not)",
+            sink_stalled.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -84,6 +111,9 @@ impl Metrics {
             ready,
             heartbeat_misses,
             grpc_dropped,
+            sink_written,
+            sink_queued,
+            sink_stalled,
         }
     }
 

@@ -4,15 +4,20 @@
 //! enrich (`auspex-enrich`: exe, args, container, lineage) → filter (the
 //! agent's own self-check activity, `own.rs`, handed back to the caller
 //! instead) → track (`auspex-track`, with `--report deltas`) → sinks
-//! (`sink.rs`: JSON lines, gRPC).
+//! (`sink.rs`: JSON lines, gRPC), each behind a queue of its own
+//! (`queue.rs`).
 //!
 //! It runs on the run loop's thread, never on the one that reads the kernel
-//! buffer: enrichment may wait on /proc (collect/reader.rs).
+//! buffer: enrichment may wait on /proc (collect/reader.rs). Nor does it
+//! wait on a sink: each is written by a thread of its own.
 
+pub mod output;
 mod own;
+pub mod queue;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use auspex_collect::Drops;
 use auspex_enrich::ProcessTable;
@@ -105,9 +110,14 @@ impl Pipeline {
         self.sinks.failed()
     }
 
-    /// Events written so far, by type.
-    pub fn written(&self) -> &BTreeMap<&'static str, u64> {
-        self.sinks.written()
+    /// Events reported so far (handed to the sinks), by type.
+    pub fn reported(&self) -> &BTreeMap<&'static str, u64> {
+        self.sinks.reported()
+    }
+
+    /// Each sink, as /status shows it.
+    pub fn sinks(&self) -> Vec<crate::status::SinkStatus> {
+        self.sinks.status()
     }
 
     /// Processes enrichment forgot because its table was full.
@@ -122,12 +132,13 @@ impl Pipeline {
             drops.push(("connection_rate_limited", t.rate_limited));
             drops.push(("tracker_evicted", t.evicted));
         }
+        drops.extend(self.sinks.drops());
         drops
     }
 
-    /// Ends every sink's stream after what was written; the first error a
-    /// sink met, if any.
-    pub fn finish(self) -> Option<(&'static str, std::io::Error)> {
-        self.sinks.finish()
+    /// Ends every sink's stream after what was handed to it, waiting for
+    /// them until `deadline` at the latest: what each did.
+    pub fn finish(self, deadline: Instant) -> Vec<queue::SinkReport> {
+        self.sinks.finish(deadline)
     }
 }

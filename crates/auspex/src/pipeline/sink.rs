@@ -1,32 +1,38 @@
 //! Where events go. A [`Sink`] takes each event the pipeline writes, as the
 //! JSON object docs/events.md describes (serialised once, for every sink);
-//! [`Sinks`] hands it to each of them. Two sinks exist: [`JsonLines`] (the
-//! output, stdout or a file) and the gRPC stream (grpc.rs). Adding one is
-//! implementing the trait and adding it in run.rs.
+//! [`Sinks`] hands it to each of them through a queue of its own, written
+//! by a thread of its own (queue.rs), so that no sink ever waits for
+//! another or holds up the pipeline. Two sinks exist: `JsonLines` (the
+//! output, stdout or a file: output.rs) and the gRPC stream (grpc.rs).
+//! Adding one is implementing the trait and adding it in run.rs.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::Path;
+use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::Context;
+use auspex_collect::Drops;
 use auspex_events::Event;
 
+use super::queue::{Queued, SinkReport};
 use crate::metrics::{Metrics, TypeLabel};
+use crate::status::SinkStatus;
 
-pub trait Sink {
-    /// For the error that ends the run ("writing events to {name} failed").
+/// A sink runs on a thread of its own (hence `Send`): each call may block
+/// as long as it must, and only that sink waits meanwhile.
+pub trait Sink: Send {
+    /// For messages ("writing events to {name} failed").
     fn name(&self) -> &'static str;
-    /// Whether the sink takes events now: when none does, events are not
-    /// even serialised (a gRPC stream without subscribers).
+    /// Whether the sink takes events now (a gRPC stream without
+    /// subscribers does not): asked before each event is written to it.
     fn wants(&self) -> bool {
         true
     }
     /// One event of type `kind`, as its JSON object (no newline). An error
     /// ends the run: the sink gets nothing more.
     fn write(&mut self, kind: &'static str, json: &str) -> io::Result<()>;
-    /// The end of a batch: what is buffered should reach its reader.
+    /// The end of a batch: what is buffered should reach its reader. Events
+    /// count as written once the flush after them returned.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -36,45 +42,47 @@ pub trait Sink {
     }
 }
 
-/// Every sink, and what was written to them.
+/// Every sink behind its queue, and what the pipeline reported.
 pub struct Sinks {
-    sinks: Vec<Box<dyn Sink>>,
+    queues: Vec<Queued>,
     /// Reused for every event's JSON.
     json: Vec<u8>,
-    written: BTreeMap<&'static str, u64>,
-    /// The first error: after it nothing more is written.
-    error: Option<(&'static str, io::Error)>,
+    /// Events handed to the sinks, by type.
+    reported: BTreeMap<&'static str, u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Sinks {
-    pub fn new(sinks: Vec<Box<dyn Sink>>, metrics: Arc<Metrics>) -> Self {
-        Sinks {
-            sinks,
+    /// Starts a writer for each sink, named by its id (`output`, `grpc`:
+    /// metrics labels and drop causes), with a queue of `capacity` events.
+    pub fn new(
+        sinks: Vec<(&'static str, Box<dyn Sink>)>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        let queues = sinks
+            .into_iter()
+            .map(|(id, sink)| Queued::start(id, sink, capacity))
+            .collect::<io::Result<_>>()?;
+        Ok(Sinks {
+            queues,
             json: Vec::with_capacity(4096),
-            written: BTreeMap::new(),
-            error: None,
+            reported: BTreeMap::new(),
             metrics,
-        }
+        })
     }
 
     pub fn write(&mut self, event: &Event) {
-        if self.error.is_some() {
-            return;
-        }
         let kind = event.kind.name();
-        if self.sinks.iter().any(|s| s.wants()) {
-            self.json.clear();
-            serde_json::to_writer(&mut self.json, event).expect("events serialise");
-            let json = std::str::from_utf8(&self.json).expect("serde_json writes UTF-8");
-            for sink in self.sinks.iter_mut().filter(|s| s.wants()) {
-                if let Err(e) = sink.write(kind, json) {
-                    self.error = Some((sink.name(), e));
-                    return;
-                }
-            }
+        self.json.clear();
+        serde_json::to_writer(&mut self.json, event).expect("events serialise");
+        let json: Arc<str> = std::str::from_utf8(&self.json)
+            .expect("serde_json writes UTF-8")
+            .into();
+        for queue in &mut self.queues {
+            queue.push(kind, &json);
         }
-        *self.written.entry(kind).or_default() += 1;
+        *self.reported.entry(kind).or_default() += 1;
         self.metrics
             .events
             .get_or_create(&TypeLabel {
@@ -83,72 +91,44 @@ impl Sinks {
             .inc();
     }
 
-    pub fn flush(&mut self) {
-        self.each(|s| s.flush());
+    /// The end of a batch: each writer flushes once it has written what is
+    /// queued.
+    pub fn flush(&self) {
+        self.queues.iter().for_each(Queued::flush);
     }
 
-    fn each(&mut self, mut f: impl FnMut(&mut dyn Sink) -> io::Result<()>) {
-        for sink in &mut self.sinks {
-            if self.error.is_some() {
-                return;
-            }
-            if let Err(e) = f(sink.as_mut()) {
-                self.error = Some((sink.name(), e));
-            }
-        }
-    }
-
+    /// Whether a sink failed: the run ends.
     pub fn failed(&self) -> bool {
-        self.error.is_some()
+        self.queues.iter().any(Queued::failed)
     }
 
-    /// Events written so far, by type.
-    pub fn written(&self) -> &BTreeMap<&'static str, u64> {
-        &self.written
+    /// Events handed to the sinks, by type.
+    pub fn reported(&self) -> &BTreeMap<&'static str, u64> {
+        &self.reported
     }
 
-    /// Ends every sink; returns the first error any met.
-    pub fn finish(mut self) -> Option<(&'static str, io::Error)> {
-        self.each(|s| s.finish());
-        self.error
-    }
-}
-
-/// JSON lines, to stdout or a file.
-pub struct JsonLines {
-    out: BufWriter<Box<dyn Write>>,
-}
-
-impl JsonLines {
-    pub fn stdout() -> Self {
-        Self::new(Box::new(io::stdout().lock()))
+    /// Events each sink lost to its full queue.
+    pub fn drops(&self) -> Drops {
+        self.queues
+            .iter()
+            .map(|q| (q.lost_cause, q.lost()))
+            .collect()
     }
 
-    pub fn create(path: &Path) -> anyhow::Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create output file {}", path.display()))?;
-        Ok(Self::new(Box::new(file)))
+    /// Each sink, as /status shows it.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        self.queues.iter().map(Queued::status).collect()
     }
 
-    fn new(out: Box<dyn Write>) -> Self {
-        JsonLines {
-            out: BufWriter::with_capacity(64 * 1024, out),
-        }
-    }
-}
-
-impl Sink for JsonLines {
-    fn name(&self) -> &'static str {
-        "the output"
-    }
-
-    fn write(&mut self, _kind: &'static str, json: &str) -> io::Result<()> {
-        self.out.write_all(json.as_bytes())?;
-        self.out.write_all(b"\n")
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// Closes every queue, and waits for the writers until `deadline` at
+    /// the latest: what each sink did.
+    pub fn finish(mut self, deadline: Instant) -> Vec<SinkReport> {
+        // All closed first: they finish side by side.
+        self.queues.iter_mut().for_each(Queued::close);
+        self.queues
+            .into_iter()
+            .map(|q| q.finish(deadline))
+            .collect()
     }
 }
 
@@ -156,14 +136,26 @@ impl Sink for JsonLines {
 mod tests {
     use super::*;
     use auspex_events::{EventKind, Process};
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use crossbeam_channel::{Receiver, Sender};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
-    /// A sink that keeps what it got, and fails from the `fail_at`th write.
+    /// A sink that keeps what it got; fails at its `fail_at`th write; and,
+    /// with a gate, waits at every write until the gate lets it through.
     struct Kept {
-        lines: Rc<RefCell<Vec<String>>>,
+        lines: Arc<Mutex<Vec<String>>>,
         wants: bool,
         fail_at: usize,
+        gate: Option<Receiver<()>>,
+    }
+
+    fn kept(lines: &Arc<Mutex<Vec<String>>>) -> Kept {
+        Kept {
+            lines: Arc::clone(lines),
+            wants: true,
+            fail_at: 0,
+            gate: None,
+        }
     }
 
     impl Sink for Kept {
@@ -174,7 +166,11 @@ mod tests {
             self.wants
         }
         fn write(&mut self, kind: &'static str, json: &str) -> io::Result<()> {
-            let mut lines = self.lines.borrow_mut();
+            if let Some(gate) = &self.gate {
+                // Blocks until opened; the end of the test opens it for good.
+                let _ = gate.recv();
+            }
+            let mut lines = self.lines.lock().unwrap();
             if lines.len() + 1 == self.fail_at {
                 return Err(io::Error::from(io::ErrorKind::BrokenPipe));
             }
@@ -194,34 +190,166 @@ mod tests {
         )
     }
 
+    fn pids(lines: &Mutex<Vec<String>>) -> Vec<u32> {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let json: serde_json::Value =
+                    serde_json::from_str(&l[l.find(' ').unwrap()..]).unwrap();
+                json["process"]["pid"].as_u64().unwrap() as u32
+            })
+            .collect()
+    }
+
+    fn in_a_while() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
     #[test]
-    fn every_wanting_sink_gets_the_same_json_and_the_first_error_stops_all() {
-        let (a, b) = (Rc::default(), Rc::default());
-        let sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(Kept {
-                lines: Rc::clone(&a),
-                wants: true,
-                fail_at: 3,
-            }),
-            Box::new(Kept {
-                lines: Rc::clone(&b),
-                wants: false,
-                fail_at: 0,
-            }),
+    fn every_wanting_sink_gets_the_same_json_and_an_error_ends_only_that_sink() {
+        let (a, b, c) = (Arc::default(), Arc::default(), Arc::default());
+        let sinks: Vec<(&'static str, Box<dyn Sink>)> = vec![
+            (
+                "a",
+                Box::new(Kept {
+                    fail_at: 3,
+                    ..kept(&a)
+                }),
+            ),
+            (
+                "b",
+                Box::new(Kept {
+                    wants: false,
+                    ..kept(&b)
+                }),
+            ),
+            ("c", Box::new(kept(&c))),
         ];
-        let mut sinks = Sinks::new(sinks, Arc::new(Metrics::new()));
+        let mut sinks = Sinks::new(sinks, 100, Arc::new(Metrics::new())).unwrap();
         for pid in 1..=4 {
             sinks.write(&exec(pid));
         }
+        sinks.flush();
         let expected = serde_json::to_string(&exec(1)).unwrap();
-        assert_eq!(a.borrow()[0], format!("process_exec {expected}"));
-        assert_eq!(a.borrow().len(), 2, "nothing after the error");
+        assert_eq!(sinks.reported()["process_exec"], 4);
+        let reports = sinks.finish(in_a_while());
+        assert_eq!(a.lock().unwrap()[0], format!("process_exec {expected}"));
+        assert_eq!(pids(&a), [1, 2], "nothing after the error");
         assert!(
-            b.borrow().is_empty(),
+            b.lock().unwrap().is_empty(),
             "a sink that does not want events gets none"
         );
-        assert_eq!(sinks.written()["process_exec"], 2);
-        let (name, error) = sinks.finish().unwrap();
-        assert_eq!((name, error.kind()), ("kept", io::ErrorKind::BrokenPipe));
+        assert_eq!(pids(&c), [1, 2, 3, 4]);
+        let summary: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.written,
+                    r.lost,
+                    r.left,
+                    r.error.as_ref().map(io::Error::kind),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // The two it took before the error are not counted written:
+                // no flush returned after them.
+                ("a", 0, 0, 4, Some(io::ErrorKind::BrokenPipe)),
+                ("b", 0, 0, 0, None),
+                ("c", 4, 0, 0, None),
+            ]
+        );
+    }
+
+    /// What a sink that blocks costs the pipeline: nothing but the events
+    /// its queue cannot hold, the oldest, counted.
+    #[test]
+    fn a_blocked_sink_holds_up_nothing_and_loses_its_oldest_events_counted() {
+        const CAPACITY: usize = 50;
+        const SENT: u32 = 500;
+        let blocked = Arc::default();
+        let (open, gate): (Sender<()>, _) = crossbeam_channel::unbounded();
+        let sinks: Vec<(&'static str, Box<dyn Sink>)> = vec![(
+            "blocked",
+            Box::new(Kept {
+                gate: Some(gate),
+                ..kept(&blocked)
+            }),
+        )];
+        let metrics = Arc::new(Metrics::new());
+        let mut sinks = Sinks::new(sinks, CAPACITY, metrics).unwrap();
+        // Written from another thread, so that a pipeline held up by the
+        // sink fails the test rather than hanging it.
+        let (handed, sent) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            sinks.write(&exec(0));
+            // The writer took the first event and waits in its write.
+            while sinks.status()[0].queued > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for pid in 1..SENT {
+                sinks.write(&exec(pid));
+            }
+            sinks.flush();
+            let _ = handed.send(sinks);
+        });
+        let sinks = sent
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the pipeline was held up by a blocked sink");
+        let lost = u64::from(SENT) - CAPACITY as u64 - 1;
+        assert_eq!(sinks.drops(), [("blocked_queue_full", lost)]);
+        let status = sinks.status();
+        assert_eq!(status[0].queued, CAPACITY as u64, "{status:?}");
+        assert_eq!(
+            status[0].stalled.as_deref(),
+            Some("it cannot keep up: its queue is full"),
+            "{status:?}"
+        );
+        assert!(status[0].stalled_since.is_some(), "{status:?}");
+
+        // Let it through: it writes the first event and the newest ones.
+        drop(open);
+        let reports = sinks.finish(in_a_while());
+        let expected: Vec<u32> = std::iter::once(0)
+            .chain(SENT - CAPACITY as u32..SENT)
+            .collect();
+        assert_eq!(pids(&blocked), expected);
+        let r = &reports[0];
+        assert_eq!(
+            (r.written, r.lost, r.left),
+            (CAPACITY as u64 + 1, lost, 0),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_sink_still_blocked_at_the_deadline_is_left_with_what_it_did_not_write() {
+        let lines = Arc::default();
+        let (open, gate) = crossbeam_channel::unbounded::<()>();
+        let sinks: Vec<(&'static str, Box<dyn Sink>)> = vec![(
+            "blocked",
+            Box::new(Kept {
+                gate: Some(gate),
+                ..kept(&lines)
+            }),
+        )];
+        let mut sinks = Sinks::new(sinks, 10, Arc::new(Metrics::new())).unwrap();
+        for pid in 0..5 {
+            sinks.write(&exec(pid));
+        }
+        let reports = sinks.finish(Instant::now() + Duration::from_millis(100));
+        let r = &reports[0];
+        assert_eq!(
+            (r.written, r.lost, r.left, r.undelivered()),
+            (0, 0, 5, 5),
+            "{r:?}"
+        );
+        // The writer, still blocked, is let go.
+        drop(open);
     }
 }

@@ -1,0 +1,302 @@
+//! One sink behind a bounded queue, written by a thread of its own. A sink
+//! that blocks (a FIFO whose reader stopped reading, a terminal paused with
+//! ^S, a disk that takes seconds per write) then blocks only that thread:
+//! the pipeline hands each event over without waiting, the run loop keeps
+//! its timers and notices a stop, and the reader keeps draining the kernel
+//! buffer. When the queue is full the sink loses its oldest event, counted:
+//! what it gets when it resumes is the most recent activity, as a gRPC
+//! subscriber that falls behind does (grpc.rs).
+//!
+//! Before the queues (issue 16), a FIFO nobody read kept SIGTERM waiting
+//! for 19 s (until the reader died), `/ready` said 200, and 55,038 events
+//! were lost at the reader's queue while the summary claimed 333 written.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::sink::Sink;
+use crate::status::{monotonic_ms, now_secs, SinkStatus};
+
+/// A write or flush that has not returned for this long makes its sink
+/// stalled (and the agent not ready); so does a queue that lost an event
+/// within this long. Writes of a 64 KiB buffer to a file take well under a
+/// millisecond here, and to a pipe as long as its reader takes to read
+/// 64 KiB; seconds means the reader stopped reading.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// Events a writer takes before it flushes, so that a sink under constant
+/// load still flushes (and counts what it wrote) regularly.
+const BATCH: u64 = 1024;
+
+/// How long a writer with unflushed events waits for more before it
+/// flushes anyway: the pipeline asks for a flush at the end of each batch,
+/// this is for events written between (the deltas, the scrape).
+const FLUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// What travels to a writer.
+enum Item {
+    /// One event's type and JSON, serialised once for every sink.
+    Event(&'static str, Arc<str>),
+    /// The end of a batch: write out what is buffered.
+    Flush,
+}
+
+/// What the writer thread tells the pipeline's side.
+#[derive(Default)]
+struct Shared {
+    /// Events the sink took and flushed.
+    written: AtomicU64,
+    /// Events the sink did not want (a gRPC stream without subscribers).
+    unwanted: AtomicU64,
+    /// When the call into the sink that has not returned yet began
+    /// (`monotonic_ms`); 0 when none is under way.
+    busy_since: AtomicU64,
+    /// The error that ended the sink.
+    error: Mutex<Option<io::Error>>,
+}
+
+/// A sink's queue, as the pipeline holds it.
+pub struct Queued {
+    /// As in metrics labels and drop causes: `output`, `grpc`.
+    pub id: &'static str,
+    /// As in messages: `the output`.
+    pub name: &'static str,
+    /// Dropped to tell the writer that nothing more comes.
+    sender: Option<Sender<Item>>,
+    /// The same channel, to take the oldest event out when it is full.
+    oldest: Option<Receiver<Item>>,
+    capacity: usize,
+    shared: Arc<Shared>,
+    /// Disconnected when the writer thread has ended.
+    done: Receiver<()>,
+    /// The drop cause of events lost to a full queue: `<id>_queue_full`.
+    pub lost_cause: &'static str,
+    /// Events handed to the queue.
+    handed: u64,
+    /// Events lost because the queue was full.
+    lost: u64,
+    /// Since when it loses events, and when it last lost one.
+    losing: Option<(u64, u64)>,
+}
+
+/// What a sink did, at the end.
+#[derive(Debug)]
+pub struct SinkReport {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub written: u64,
+    /// Lost while the run went on: its queue was full.
+    pub lost: u64,
+    /// Still queued, or written but not flushed, when the writer was given
+    /// up (the flush deadline passed, or the sink failed).
+    pub left: u64,
+    pub error: Option<io::Error>,
+}
+
+impl SinkReport {
+    /// Events the sink should have had and did not get.
+    pub fn undelivered(&self) -> u64 {
+        self.lost + self.left
+    }
+}
+
+impl Queued {
+    /// Starts the writer thread of `sink`, with room for `capacity` events.
+    pub fn start(id: &'static str, sink: Box<dyn Sink>, capacity: usize) -> io::Result<Queued> {
+        // Unbounded, held to `capacity` by its only sender: a bounded
+        // channel allocates every slot up front (see collect/reader.rs).
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
+        let shared = Arc::new(Shared::default());
+        let name = sink.name();
+        let oldest = receiver.clone();
+        std::thread::Builder::new()
+            .name(format!("sink-{id}"))
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || {
+                    // Writing to descriptors already open needs no
+                    // capability; this thread exists before the lockdown,
+                    // which reaches only the thread that applies it.
+                    crate::lockdown::drop_all_for_this_thread();
+                    if let Err(e) = write_all(sink, &receiver, &shared) {
+                        *shared.error.lock().unwrap() = Some(e);
+                    }
+                    drop(done_sender);
+                }
+            })?;
+        Ok(Queued {
+            id,
+            name,
+            sender: Some(sender),
+            oldest: Some(oldest),
+            capacity,
+            shared,
+            done,
+            lost_cause: Box::leak(format!("{id}_queue_full").into_boxed_str()),
+            handed: 0,
+            lost: 0,
+            losing: None,
+        })
+    }
+
+    /// Hands one event to the writer; when the queue is full, its oldest
+    /// event is lost to make room.
+    pub fn push(&mut self, kind: &'static str, json: &Arc<str>) {
+        let (Some(sender), Some(oldest)) = (&self.sender, &self.oldest) else {
+            return;
+        };
+        self.handed += 1;
+        // The writer may take one meanwhile: then there is room anyway.
+        while sender.len() >= self.capacity {
+            if let Ok(Item::Event(..)) = oldest.try_recv() {
+                self.lost += 1;
+                let now = monotonic_ms();
+                let since = match self.losing {
+                    // Still the same episode: it lost one within the last
+                    // STALL_AFTER.
+                    Some((since, last)) if now - last < STALL_AFTER.as_millis() as u64 => since,
+                    _ => now,
+                };
+                self.losing = Some((since, now));
+            }
+        }
+        // Fails only when the writer has gone, which `failed` reports.
+        let _ = sender.send(Item::Event(kind, Arc::clone(json)));
+    }
+
+    /// Events lost because the queue was full.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Asks the writer to write out what it buffered.
+    pub fn flush(&self) {
+        if let Some(sender) = &self.sender {
+            if sender.is_empty() {
+                let _ = sender.send(Item::Flush);
+            }
+            // Else the writer has more to do first, and flushes at the
+            // latest after BATCH events or when the queue runs dry.
+        }
+    }
+
+    /// Whether the sink failed (its writer ended with an error).
+    pub fn failed(&self) -> bool {
+        self.shared.error.lock().unwrap().is_some()
+    }
+
+    /// The sink as /status shows it.
+    pub fn status(&self) -> SinkStatus {
+        let now = monotonic_ms();
+        let stall = STALL_AFTER.as_millis() as u64;
+        let busy = match self.shared.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            since if now - since >= stall => Some(since),
+            _ => None,
+        };
+        let losing = self
+            .losing
+            .filter(|(_, last)| now - last < stall)
+            .map(|(since, _)| since);
+        let stalled = match (busy, losing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let why = match (busy, losing) {
+            (Some(since), _) => Some(format!(
+                "a write has not returned for {} s",
+                (now - since) / 1000
+            )),
+            (None, Some(_)) => Some("it cannot keep up: its queue is full".to_string()),
+            (None, None) => None,
+        };
+        SinkStatus {
+            sink: self.id,
+            written: self.shared.written.load(Ordering::Relaxed),
+            queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
+            capacity: self.capacity as u64,
+            lost: self.lost,
+            stalled_since: stalled.map(|since| now_secs().saturating_sub((now - since) / 1000)),
+            stalled_for_s: stalled.map(|since| (now - since) / 1000),
+            stalled: why,
+            error: self
+                .shared
+                .error
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|e| e.to_string()),
+        }
+    }
+
+    /// Tells the writer that nothing more comes: it writes what is queued,
+    /// then finishes the sink.
+    pub fn close(&mut self) {
+        self.sender = None;
+        self.oldest = None;
+    }
+
+    /// Closes the queue and waits for the writer until `deadline` at the
+    /// latest; what the sink did.
+    pub fn finish(mut self, deadline: Instant) -> SinkReport {
+        self.close();
+        let _ = self.done.recv_deadline(deadline);
+        let written = self.shared.written.load(Ordering::Relaxed);
+        let unwanted = self.shared.unwanted.load(Ordering::Relaxed);
+        SinkReport {
+            id: self.id,
+            name: self.name,
+            written,
+            lost: self.lost,
+            left: self.handed.saturating_sub(self.lost + written + unwanted),
+            error: self.shared.error.lock().unwrap().take(),
+        }
+    }
+}
+
+/// The writer thread: takes events off the queue into the sink until the
+/// queue is closed and empty, then finishes the sink.
+fn write_all(mut sink: Box<dyn Sink>, queue: &Receiver<Item>, shared: &Shared) -> io::Result<()> {
+    // Every call into the sink is timed, for /status: one that does not
+    // return is a stalled sink.
+    let call = |f: &mut dyn FnMut() -> io::Result<()>| {
+        shared.busy_since.store(monotonic_ms(), Ordering::Relaxed);
+        let result = f();
+        shared.busy_since.store(0, Ordering::Relaxed);
+        result
+    };
+    // Written to the sink, not yet flushed.
+    let mut pending = 0;
+    loop {
+        let next = match pending {
+            0 => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            _ => queue.recv_timeout(FLUSH_DELAY),
+        };
+        let flush = match next {
+            Ok(Item::Event(kind, json)) => {
+                if sink.wants() {
+                    call(&mut || sink.write(kind, &json))?;
+                    pending += 1;
+                } else {
+                    shared.unwanted.fetch_add(1, Ordering::Relaxed);
+                }
+                pending >= BATCH
+            }
+            Ok(Item::Flush) | Err(RecvTimeoutError::Timeout) => pending > 0,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if flush {
+            call(&mut || sink.flush())?;
+            shared.written.fetch_add(pending, Ordering::Relaxed);
+            pending = 0;
+        }
+    }
+    call(&mut || sink.finish())?;
+    shared.written.fetch_add(pending, Ordering::Relaxed);
+    Ok(())
+}
