@@ -59,9 +59,19 @@ impl Agent {
 
     /// Starts `command` (which must end up running `auspex run`) with an
     /// output file, an HTTP API on a free port and `extra` arguments.
-    pub fn launch(mut command: Command, extra: &[&str]) -> Agent {
+    pub fn launch(command: Command, extra: &[&str]) -> Agent {
+        let agent = Self::spawn(command, None, extra);
+        agent.wait_until("the probe is attached", |a| {
+            a.stderr_text().contains("probes attached")
+        });
+        agent
+    }
+
+    /// As `launch`, writing to `output` (or a file of its own), without
+    /// waiting for anything.
+    pub fn spawn(mut command: Command, output: Option<PathBuf>, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("events.jsonl");
+        let output = output.unwrap_or_else(|| dir.path().join("events.jsonl"));
         let mut child = command
             .arg("--output")
             .arg(&output)
@@ -79,18 +89,14 @@ impl Agent {
                 lines.lock().unwrap().push(line.unwrap());
             }
         });
-        let agent = Agent {
+        Agent {
             child,
             stopped: false,
             output,
             stderr,
             stderr_reader: Some(stderr_reader),
             _dir: dir,
-        };
-        agent.wait_until("the probe is attached", |a| {
-            a.stderr_text().contains("probes attached")
-        });
-        agent
+        }
     }
 
     /// The word that follows `marker` in the agent's log.
@@ -202,16 +208,35 @@ impl Agent {
     }
 
     /// Sends `signal` and returns the exit status and the stderr lines.
-    pub fn stop(mut self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
+    pub fn stop(self, signal: Signal) -> (std::process::ExitStatus, Vec<String>) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-        let status = self.child.wait().unwrap();
+        self.wait_for_exit(None)
+            .unwrap_or_else(|_| unreachable!("waited without a deadline"))
+    }
+
+    /// Waits for the agent to exit: the exit status and the stderr lines;
+    /// or, if `deadline` passes first, its stderr so far (and it is killed).
+    pub fn wait_for_exit(
+        mut self,
+        deadline: Option<Instant>,
+    ) -> Result<(std::process::ExitStatus, Vec<String>), String> {
+        let status = loop {
+            match (self.child.try_wait().unwrap(), deadline) {
+                (Some(status), _) => break status,
+                (None, Some(deadline)) if Instant::now() > deadline => {
+                    return Err(self.stderr_text())
+                }
+                (None, Some(_)) => std::thread::sleep(Duration::from_millis(10)),
+                (None, None) => break self.child.wait().unwrap(),
+            }
+        };
         self.stopped = true;
         // Every line, up to the end of the agent's stderr.
         if let Some(reader) = self.stderr_reader.take() {
             reader.join().unwrap();
         }
         let lines = self.stderr.lock().unwrap().clone();
-        (status, lines)
+        Ok((status, lines))
     }
 }
 
