@@ -187,6 +187,11 @@ pub struct Process {
     /// its last components only.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub exe_truncated: bool,
+    /// Set when the executable is in no mounted directory (a memfd, as runc
+    /// re-executing itself uses): `exe` is then the kernel's name for it,
+    /// as /proc/PID/exe shows it (`/memfd:NAME (deleted)`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exe_detached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     /// Present with `args`: true when the argument vector was cut to the

@@ -83,6 +83,9 @@ enum auspex_exec_flags {
 	/* data holds the path as given to execve, not resolved components
 	 * (the legacy probe without BTF cannot walk dentries). */
 	AUSPEX_EXEC_EXE_VERBATIM = 8,
+	/* data holds one component, the name of an executable that is in no
+	 * mounted directory (a memfd): "memfd:NAME\0". */
+	AUSPEX_EXEC_EXE_DETACHED = 16,
 };
 
 /* Bits of exit_event.flags. */

@@ -298,11 +298,15 @@ fn decode_exec(record: &[u8], header: &event_header) -> Result<EventKind, Decode
             exe: (!exe.is_empty()).then(|| {
                 if has(ExecFlags::AUSPEX_EXEC_EXE_VERBATIM) {
                     String::from_utf8_lossy(exe).into_owned()
+                } else if has(ExecFlags::AUSPEX_EXEC_EXE_DETACHED) {
+                    // As the kernel names such a file (d_path, simple_dname).
+                    format!("{} (deleted)", path_from_leaf_first(exe))
                 } else {
                     path_from_leaf_first(exe)
                 }
             }),
             exe_truncated: has(ExecFlags::AUSPEX_EXEC_EXE_TRUNCATED),
+            exe_detached: has(ExecFlags::AUSPEX_EXEC_EXE_DETACHED),
             args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args)),
             args_truncated: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE))
                 .then(|| has(ExecFlags::AUSPEX_EXEC_ARGS_TRUNCATED)),
@@ -403,6 +407,25 @@ mod tests {
         );
         assert_eq!(process.comm, "test");
         assert_eq!(process.cgroup_id, 99);
+    }
+
+    #[test]
+    fn a_detached_executable_is_named_as_the_kernel_names_it() {
+        let flags = ExecFlags::AUSPEX_EXEC_EXE_DETACHED.0;
+        let record = exec_record(
+            b"memfd:runc_cloned:/proc/self/exe\0",
+            b"runc\0init\0",
+            flags,
+        );
+        let EventKind::ProcessExec { process } = event(&record, &context()).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            process.exe.as_deref(),
+            Some("/memfd:runc_cloned:/proc/self/exe (deleted)")
+        );
+        assert!(process.exe_detached);
+        assert!(!process.exe_truncated);
     }
 
     #[test]

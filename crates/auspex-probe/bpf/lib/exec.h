@@ -29,9 +29,24 @@ static __always_inline __u32 read_exe_path(struct file *file, __u8 *buf, __u32 *
 		if (dentry == mnt_root || dentry == parent) {
 			struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 
-			/* A dentry that is its own parent but not a mount root is
-			 * detached; the root of a mount without a parent is the
-			 * namespace root. Either way the path is complete. */
+			/* An executable whose dentry is its own parent but not a
+			 * mount root is in no directory of any mount: a memfd
+			 * (runc re-executes itself from one) or another pseudo
+			 * file. The kernel knows it by that dentry's name alone
+			 * (/proc/PID/exe: "/memfd:NAME (deleted)"): keep it, and
+			 * say so. */
+			if (dentry != mnt_root && off == 0) {
+				const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+				long n = bpf_probe_read_kernel_str(buf, AUSPEX_NAME_MAX, name);
+
+				if (n > 0) {
+					*flags |= AUSPEX_EXEC_EXE_DETACHED;
+					return n;
+				}
+				return 0;
+			}
+			/* Further up, a detached dentry ends the path as the root
+			 * of a mount without a parent (the namespace root) does. */
 			if (dentry != mnt_root || mnt_parent == mnt)
 				return off;
 			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
