@@ -11,6 +11,8 @@ pub mod decode;
 mod degraded;
 mod error;
 pub mod features;
+#[cfg(test)]
+mod fuzz;
 mod inbox;
 mod legacy_bpf;
 mod libbpf_log;
