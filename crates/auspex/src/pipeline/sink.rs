@@ -93,8 +93,8 @@ impl Sinks {
 
     /// The end of a batch: each writer flushes once it has written what is
     /// queued.
-    pub fn flush(&self) {
-        self.queues.iter().for_each(Queued::flush);
+    pub fn flush(&mut self) {
+        self.queues.iter_mut().for_each(Queued::flush);
     }
 
     /// Whether a sink failed: the run ends.
@@ -288,6 +288,7 @@ mod tests {
         let (handed, sent) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             sinks.write(&exec(0));
+            sinks.flush();
             // The writer took the first event and waits in its write.
             while sinks.status()[0].queued > 0 {
                 std::thread::sleep(Duration::from_millis(1));
