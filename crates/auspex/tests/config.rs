@@ -162,6 +162,10 @@ fn the_largest_accepted_values_run_and_stop_cleanly() {
         "86400",
         "--connection-rate-limit",
         "4294967295",
+        "--flush-timeout",
+        "86400",
+        "--sink-queue",
+        "1048576",
     ]);
     let mut child = Command::new("/bin/true").arg("largest").spawn().unwrap();
     child.wait().unwrap();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Agent, AUSPEX};
+use common::{number_after, Agent};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -51,27 +51,11 @@ fn paced(period: Duration, stop: &AtomicBool, mut f: impl FnMut()) -> u64 {
     u64::from(n)
 }
 
-/// The number that follows `marker` in `text`.
-fn number_after(text: &str, marker: &str) -> u64 {
-    text.split(marker)
-        .nth(1)
-        .and_then(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no number after {marker:?} in {text}"))
-}
-
 #[test]
 fn two_minutes_of_exec_and_tcp_load_keep_memory_flat_and_lose_nothing_uncounted() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
-    let mut run = Command::new(AUSPEX);
-    run.arg("run");
-    let agent = Agent::spawn(run, Some(output.clone()), &["--heartbeat-interval", "5"]);
-    agent.wait_until("the probe is attached", |a| {
-        a.stderr_text().contains("probes attached")
-    });
+    let agent = Agent::writing_to(output.clone(), &["--heartbeat-interval", "5"]);
     let pid = agent.child.id();
     let marker = format!("soak-{}", std::process::id());
     let stop = Arc::new(AtomicBool::new(false));

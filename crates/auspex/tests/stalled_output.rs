@@ -14,21 +14,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{deadline, Agent, AUSPEX};
+use common::{deadline, number_after, Agent};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// The number that follows `marker` in `text`.
-fn number_after(text: &str, marker: &str) -> u64 {
-    text.split(marker)
-        .nth(1)
-        .and_then(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no number after {marker:?} in {text}"))
-}
 
 fn status(agent: &Agent) -> Value {
     serde_json::from_str(&agent.http_get("/status").1).unwrap()
@@ -53,23 +42,18 @@ fn a_stalled_output_loses_counted_events_and_sigterm_still_stops_the_agent() {
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(&fifo)
         .unwrap();
-    let mut run = Command::new(AUSPEX);
-    run.arg("run");
-    let agent = Agent::spawn(
-        run,
-        Some(fifo.clone()),
+    let queue = QUEUE.to_string();
+    let agent = Agent::writing_to(
+        fifo.clone(),
         &[
             "--sink-queue",
-            &QUEUE.to_string(),
+            &queue,
             "--flush-timeout",
             "1",
             "--heartbeat-interval",
             "1",
         ],
     );
-    agent.wait_until("the probe is attached", |a| {
-        a.stderr_text().contains("probes attached")
-    });
     // More than the pipe (64 KiB, some 200 events) and the queue hold.
     execs(500);
     agent.wait_until("/ready says the output is stalled", |a| {
@@ -180,12 +164,7 @@ fn a_stalled_output_loses_counted_events_and_sigterm_still_stops_the_agent() {
 fn an_output_that_keeps_up_gets_every_event_reported_and_the_summary_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
-    let mut run = Command::new(AUSPEX);
-    run.arg("run");
-    let agent = Agent::spawn(run, Some(output.clone()), &["--sink-queue", "1024"]);
-    agent.wait_until("the probe is attached", |a| {
-        a.stderr_text().contains("probes attached")
-    });
+    let agent = Agent::writing_to(output.clone(), &["--sink-queue", "1024"]);
     execs(300);
     let mut child = Command::new("/bin/true").arg("last").spawn().unwrap();
     child.wait().unwrap();

@@ -67,6 +67,17 @@ impl Agent {
         agent
     }
 
+    /// `auspex run` writing to `output`, once its probes are attached.
+    pub fn writing_to(output: PathBuf, extra: &[&str]) -> Agent {
+        let mut run = Command::new(AUSPEX);
+        run.arg("run");
+        let agent = Self::spawn(run, Some(output), extra);
+        agent.wait_until("the probe is attached", |a| {
+            a.stderr_text().contains("probes attached")
+        });
+        agent
+    }
+
     /// As `launch`, writing to `output` (or a file of its own), without
     /// waiting for anything.
     pub fn spawn(mut command: Command, output: Option<PathBuf>, extra: &[&str]) -> Agent {
@@ -281,6 +292,17 @@ pub fn canonical(path: &str) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The number that follows `marker` in `text` (a summary line, say).
+pub fn number_after(text: &str, marker: &str) -> u64 {
+    text.split(marker)
+        .nth(1)
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no number after {marker:?} in {text}"))
 }
 
 /// Runs auspex to completion (it must fail) and returns its output.
