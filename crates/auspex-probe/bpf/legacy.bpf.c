@@ -82,6 +82,8 @@ static __always_inline void current_task(struct task_info *info)
 	info->gid = uid_gid >> 32;
 	info->_pad = 0;
 	info->cgroup_id = bpf_get_current_cgroup_id();
+	/* Unknown without BTF: userspace reads /proc/PID/stat. */
+	info->start_boottime = 0;
 	bpf_get_current_comm(&info->comm, sizeof(info->comm));
 }
 

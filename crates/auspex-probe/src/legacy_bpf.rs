@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use auspex_events::Event;
+use auspex_events::{Event, EventSelection};
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::decode::trim_perf_padding;
@@ -55,23 +55,78 @@ impl Variant {
     }
 }
 
-const fn row(object: Obj, name: &'static str, variant: Variant) -> Row<Obj, Variant> {
+/// Which events a program produces (it is loaded only when they are wanted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Produces {
+    Exec,
+    Fork,
+    Exit,
+    Tcp,
+}
+
+/// A program's variant and what it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part(Variant, Produces);
+
+impl Part {
+    fn runs(self, with_btf: bool, events: &EventSelection) -> bool {
+        self.0.runs(with_btf)
+            && match self.1 {
+                Produces::Exec => events.exec(),
+                Produces::Fork => events.fork(),
+                Produces::Exit => events.exit(),
+                Produces::Tcp => events.tcp(),
+            }
+    }
+}
+
+const fn row(object: Obj, name: &'static str, variant: Variant, p: Produces) -> Row<Obj, Part> {
     Row {
         object,
         name,
-        part: variant,
+        part: Part(variant, p),
     }
 }
 
 /// Every program of the method, in the order they are attached.
-const PROGRAMS: [Row<Obj, Variant>; 7] = [
-    row(Obj::Legacy, "legacy_fork", Variant::Both),
-    row(Obj::Legacy, "legacy_tcp_state", Variant::Both),
-    row(Obj::Legacy, "legacy_exec", Variant::WithoutBtf),
-    row(Obj::Legacy, "legacy_exit", Variant::WithoutBtf),
-    row(Obj::Legacy, "legacy_exit_group", Variant::WithoutBtf),
-    row(Obj::LegacyBtf, "legacy_exec_btf", Variant::WithBtf),
-    row(Obj::LegacyBtf, "legacy_exit_btf", Variant::WithBtf),
+const PROGRAMS: [Row<Obj, Part>; 7] = [
+    row(Obj::Legacy, "legacy_fork", Variant::Both, Produces::Fork),
+    row(
+        Obj::Legacy,
+        "legacy_tcp_state",
+        Variant::Both,
+        Produces::Tcp,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exec",
+        Variant::WithoutBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit_group",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exec_btf",
+        Variant::WithBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exit_btf",
+        Variant::WithBtf,
+        Produces::Exit,
+    ),
 ];
 
 /// The loaded and attached legacy probes. Dropping it detaches and unloads
@@ -93,10 +148,18 @@ impl LegacyBpf {
     /// Loads with CO-RE reads when some BTF is at hand (the kernel's, or
     /// `btf_file`), and without when there is none or it does not fit.
     pub fn load(btf_file: Option<&Path>) -> Result<Self, ProbeError> {
+        Self::load_selected(btf_file, EventSelection::all())
+    }
+
+    /// As `load`, with only the programs of the `events` wanted.
+    pub fn load_selected(
+        btf_file: Option<&Path>,
+        events: EventSelection,
+    ) -> Result<Self, ProbeError> {
         retry_interrupted(|| {
             let usable = btf_file.is_none_or(|f| btf::check_btf_file(f).is_ok());
             if usable && (btf_file.is_some() || btf::kernel_btf_present()) {
-                match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere()))) {
+                match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere())), events) {
                     Err(e @ ProbeError::Interrupted { .. }) => return Err(e),
                     Err(e) => {
                         tracing::debug!("the ebpf method runs without CO-RE reads: {e}");
@@ -104,12 +167,12 @@ impl LegacyBpf {
                     ok => return ok,
                 }
             }
-            Self::load_once(None)
+            Self::load_once(None, events)
         })
     }
 
     /// `core`: Some(BTF file or the kernel's) to add the CO-RE programs.
-    fn load_once(core: Option<Option<&Path>>) -> Result<Self, ProbeError> {
+    fn load_once(core: Option<Option<&Path>>, events: EventSelection) -> Result<Self, ProbeError> {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         features::require_bpf()?;
@@ -126,19 +189,19 @@ impl LegacyBpf {
         let legacy =
             Loaded::<Legacy>::open("legacy", LegacySkelBuilder::default(), None, |open| {
                 // The CO-RE twins, if loaded, replace some programs.
-                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |v| {
-                    v.runs(with_btf)
+                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |p| {
+                    p.runs(with_btf, &events)
                 });
                 Ok(())
             })?;
         let btf_programs = match core {
-            Some(btf_file) => Some(Self::load_core(&legacy, btf_file)?),
+            Some(btf_file) => Some(Self::load_core(&legacy, btf_file, events)?),
             None => None,
         };
 
         let attached = PROGRAMS
             .iter()
-            .filter(|r| r.part.runs(with_btf))
+            .filter(|r| r.part.runs(with_btf, &events))
             .map(|r| {
                 let object = match (r.object, &btf_programs) {
                     (Obj::Legacy, _) => legacy.get().object(),
@@ -165,10 +228,13 @@ impl LegacyBpf {
                 reason: format!("opening the perf buffer failed: {e}"),
             })?
         };
-        let mut degraded = vec![Degraded {
-            feature: "udp",
-            reason: "the ebpf method does not report UDP yet".into(),
-        }];
+        let mut degraded = Vec::new();
+        if events.udp() {
+            degraded.push(Degraded {
+                feature: "udp",
+                reason: "the ebpf method does not report UDP yet".into(),
+            });
+        }
         if btf_programs.is_none() {
             degraded.push(Degraded {
                 feature: "core_reads",
@@ -193,6 +259,7 @@ impl LegacyBpf {
     fn load_core(
         legacy: &Loaded<Legacy>,
         btf_file: Option<&Path>,
+        events: EventSelection,
     ) -> Result<Loaded<LegacyBtf>, ProbeError> {
         const PROBE: &str = "legacy (CO-RE)";
         Loaded::<LegacyBtf>::open(PROBE, LegacyBtfSkelBuilder::default(), btf_file, |open| {
@@ -207,6 +274,9 @@ impl LegacyBpf {
             maps.scratch
                 .reuse_fd(shared.scratch.as_fd())
                 .map_err(load_error(PROBE))?;
+            programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::LegacyBtf, |p| {
+                p.runs(true, &events)
+            });
             Ok(())
         })
     }

@@ -45,8 +45,9 @@ pub struct Canary {
 
 impl Canary {
     /// Makes the activity. `with_tcp`: the full canary; without, the
-    /// lighter heartbeat.
-    pub fn launch(with_tcp: bool) -> io::Result<Canary> {
+    /// lighter heartbeat. `check_exec`: whether the exec must be seen (not
+    /// when `--events` leaves process_exec out: its probe is not loaded).
+    pub fn launch(check_exec: bool, with_tcp: bool) -> io::Result<Canary> {
         let nonce = nonce();
         let expected_nonce = if crate::hooks::canary_misses(!with_tcp) {
             format!("never-{nonce}")
@@ -81,7 +82,7 @@ impl Canary {
             exec_pid,
             tcp_port,
             me: std::process::id(),
-            seen_exec: false,
+            seen_exec: !check_exec,
             seen_tcp: false,
             started,
         })
@@ -211,7 +212,7 @@ impl Heartbeat {
         if let Some(due) = self.next.filter(|due| Instant::now() >= *due) {
             self.next = Some(due + self.every);
             if self.running.is_none() {
-                match Canary::launch(false) {
+                match Canary::launch(true, false) {
                     Ok(beat) => {
                         remember(&beat);
                         self.running = Some(beat);

@@ -10,6 +10,7 @@ mod config;
 mod grpc;
 mod hooks;
 mod http;
+mod identity;
 mod lockdown;
 mod methods;
 mod metrics;

@@ -8,6 +8,7 @@
 //! saved there.
 
 mod common;
+mod identity_checks;
 
 use std::net::{TcpListener, TcpStream};
 
@@ -156,4 +157,19 @@ fn proc_sees_a_process() {
     let (agent, status) = agent_with("proc", "proc");
     sees_a_process(&agent, &status);
     stop(agent);
+}
+
+/// Process identity under every method: exec_ids across forced PID reuse
+/// and through a chain of parents (tests/identity_checks).
+#[test]
+fn every_method_gives_exec_ids_across_pid_reuse_and_a_chain_of_parents() {
+    for method in ["auto", "ebpf", "proc"] {
+        let (agent, _) = match method {
+            "auto" => auto_agent(),
+            m => agent_with(m, m),
+        };
+        identity_checks::pid_reuse_gives_each_process_its_own_exec_id(&agent);
+        identity_checks::parent_exec_ids_follow_a_chain_of_three(&agent);
+        stop(agent);
+    }
 }
