@@ -197,8 +197,8 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_events")]
     pub events: Option<auspex_events::EventSelection>,
 
-    /// The `node` of every event [default: $NODE_NAME (as a DaemonSet sets
-    /// it from the downward API), else the host name].
+    /// The `node` of every event; without it, $NODE_NAME (as a DaemonSet
+    /// sets it from the downward API), else the host name.
     #[arg(long, value_name = "NAME", value_parser = values::parse_node_name)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
