@@ -325,7 +325,7 @@ fn process(h: &task_info) -> Process {
         comm: c_string(&h.comm),
         cgroup_id: h.cgroup_id,
         // /proc/PID/stat's rounding (nsec_to_clock_t): down to the tick.
-        start_ticks: (h.start_boottime != 0).then(|| h.start_boottime / NS_PER_TICK),
+        start_ticks: (h.start_boottime != 0).then_some(h.start_boottime / NS_PER_TICK),
         ..Process::default()
     }
 }

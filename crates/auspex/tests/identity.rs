@@ -259,8 +259,7 @@ fn an_unknown_event_name_is_an_error_listing_the_valid_ones() {
         stderr.contains("'tcpp' is not an event group or type (valid: all, process, tcp, udp, endpoints, process_exec"),
         "{stderr}"
     );
-    let (code, stderr) =
-        common::run_failing(&mut common::auspex_run(&[]).env("AUSPEX_EVENTS", "udpp"));
+    let (code, stderr) = common::run_failing(common::auspex_run(&[]).env("AUSPEX_EVENTS", "udpp"));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("AUSPEX_EVENTS"), "{stderr}");
     assert!(
