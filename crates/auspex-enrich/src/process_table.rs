@@ -273,7 +273,10 @@ impl<P: ProcFs> ProcessTable<P> {
                 self.resolve_container(process.pid, process.cgroup_id)
             };
         } else {
+            // Gone before /proc was read, and never seen to fork or exec:
+            // taken for its first image, as a process found at startup is.
             process.start_time = self.start_time(process.start_ticks);
+            process.exec_id = self.exec_id(process.pid, process.start_ticks, None);
         }
         if exiting {
             self.entries.remove(&process.pid);
