@@ -193,9 +193,15 @@ impl<P: ProcFs> ProcessTable<P> {
                 parent,
                 thread: false,
             } => {
-                if process.start_ticks.is_none() {
-                    process.start_ticks =
-                        self.proc.process(process.pid).and_then(|p| p.start_ticks);
+                // Methods without BTF leave the start, and the parent under
+                // CLONE_PARENT, to /proc.
+                if process.start_ticks.is_none() || process.ppid == 0 {
+                    if let Some(now) = self.proc.process(process.pid) {
+                        process.start_ticks = process.start_ticks.or(now.start_ticks);
+                        if process.ppid == 0 {
+                            process.ppid = now.ppid;
+                        }
+                    }
                 }
                 // The real parent: the caller's parent under CLONE_PARENT.
                 let real_parent = if process.ppid != 0 {

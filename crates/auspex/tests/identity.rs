@@ -267,3 +267,62 @@ fn an_unknown_event_name_is_an_error_listing_the_valid_ones() {
         "{stderr}"
     );
 }
+
+/// A child cloned with CLONE_PARENT (by perl, through the raw syscall) is
+/// its caller's sibling: its fork's `ppid` and `parent_exec_id` are those
+/// of the caller's parent, this test, under every method.
+#[test]
+fn a_clone_parent_child_names_its_real_parent() {
+    use std::io::BufRead;
+    let canary = canary_timeout();
+    let me = std::process::id();
+    let my_ticks = stat_start_ticks(me);
+    for (method, mut run) in [
+        ("core_bpf", Command::new(AUSPEX)),
+        ("ebpf", Command::new(AUSPEX)),
+        ("ebpf without BTF", without_btf()),
+        ("proc", Command::new(AUSPEX)),
+    ] {
+        if !method.contains("BTF") {
+            run.arg("run");
+        }
+        let m = method.split(' ').next().unwrap();
+        let agent = Agent::launch(run, &["--method", m, "--canary-timeout", &canary]);
+        // x86_64: clone is syscall 56; CLONE_PARENT | SIGCHLD, no new stack.
+        let mut perl = Command::new("perl")
+            .args([
+                "-e",
+                "$| = 1; my $pid = syscall(56, 0x8000 | 17, 0, 0, 0, 0); \
+                 if ($pid == 0) { <STDIN>; exit 0 } print \"$pid\\n\"; exit 0",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let caller = perl.id();
+        let mut line = String::new();
+        std::io::BufReader::new(perl.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        let fork = agent.event_where("process_fork", child, |e| e["thread"] == false);
+        drop(perl.stdin.take());
+        perl.wait().unwrap();
+        // The sibling is this test's child now: reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+        agent.stop(Signal::SIGTERM);
+        // The process connector names the real parent, not the caller.
+        let named = if method == "proc" { me } else { caller };
+        assert_eq!(fork["parent"]["pid"], named, "{method}: {fork}");
+        assert_eq!(fork["process"]["ppid"], me, "{method}: {fork}");
+        let parent = fork["process"]["parent_exec_id"]
+            .as_str()
+            .and_then(auspex_events::ExecIdParts::parse)
+            .unwrap_or_else(|| panic!("{method}: no parent_exec_id: {fork}"));
+        assert_eq!(
+            (parent.pid, parent.start_ticks),
+            (me, my_ticks),
+            "{method}: {fork}"
+        );
+    }
+}
