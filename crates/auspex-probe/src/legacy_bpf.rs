@@ -212,7 +212,7 @@ impl LegacyBpf {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let inbox = Inbox::shared();
+        let inbox = Inbox::shared_in_order(true);
         let perf = {
             let inbox = Rc::clone(&inbox);
             BatchedPerf::new(

@@ -38,6 +38,8 @@ pub struct Canary {
     /// heartbeat, which only execs.
     pub tcp_port: Option<u16>,
     me: u32,
+    /// Whether the exec is checked (`--events` may leave it out).
+    check_exec: bool,
     seen_exec: bool,
     seen_tcp: bool,
     started: Instant,
@@ -82,6 +84,7 @@ impl Canary {
             exec_pid,
             tcp_port,
             me: std::process::id(),
+            check_exec,
             seen_exec: !check_exec,
             seen_tcp: false,
             started,
@@ -139,11 +142,15 @@ impl Canary {
             at: now_secs(),
         };
         if self.passed() {
-            let what = match self.tcp_port {
-                Some(_) => "its exec and TCP connection",
-                None => "its exec",
+            let what = match (self.check_exec, self.tcp_port) {
+                (true, Some(_)) => "saw its exec and TCP connection",
+                (true, None) => "saw its exec",
+                (false, Some(_)) => "saw its TCP connection (--events selects no exec)",
+                (false, None) => {
+                    "nothing to see: --events selects neither execs nor TCP connections"
+                }
             };
-            Some(result(true, format!("saw {what} in {took:?}")))
+            Some(result(true, format!("{what} in {took:?}")))
         } else if took > timeout {
             let missing = self.missing();
             Some(result(

@@ -176,7 +176,8 @@ pub fn parent_exec_ids_follow_a_chain_of_three(agent: &Agent) {
         "read a; sh -c 'read b; head -n1; :' lineage-2; :",
         "lineage-1",
     ]));
-    let e1 = agent.event_where("process_exec", sh1.pid(), |e| args_have(e, "lineage-1"));
+    let sh1_pid = sh1.pid();
+    let e1 = agent.event_where("process_exec", sh1_pid, |e| args_have(e, "lineage-1"));
     sh1.line();
     let e2 = agent.event_with("process_exec", |e| {
         e["process"]["ppid"] == sh1.pid() && args_have(e, "lineage-2")
@@ -198,7 +199,11 @@ pub fn parent_exec_ids_follow_a_chain_of_three(agent: &Agent) {
         e3["process"]["lineage"][0]["start_time"], e2["process"]["start_time"],
         "{e3}"
     );
-    let fork = agent.event("process_fork", sh2 as u32);
+    // Of this sh2, not of an earlier process its pid had (the machine may
+    // cycle through pids quickly).
+    let fork = agent.event_where("process_fork", sh2 as u32, |f| {
+        f["parent"]["pid"] == sh1_pid && f["process"]["start_time"] == e2["process"]["start_time"]
+    });
     assert_eq!(fork["process"]["parent_exec_id"], id(&e1), "{fork}\n{e1}");
     let (forked, exec) = (exec_id_of(&fork), exec_id_of(&e2));
     assert_eq!(forked.image, 0, "{fork}");
