@@ -43,7 +43,7 @@ def prepare(labels):
     """Fetches the Debian kernels while the BTF-less one builds. Returns
     {label: kernel dir or the exception that stopped it}."""
     out = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with kernels.cache_lock(), concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         build = pool.submit(kernels.build_nobtf) if kernels.NOBTF in labels else None
         for label in labels:
             if label != kernels.NOBTF:
