@@ -154,7 +154,7 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
 
 /* The open is reported from a timer a moment later (or at release,
  * whichever comes first). */
-static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
+static __always_inline int udp_connect(struct uapi_bpf_sock_addr *ctx, __u16 family)
 {
 	struct udp_sock_state *st = udp_connect_pending(ctx, family);
 
@@ -167,13 +167,13 @@ static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
 }
 
 SEC("cgroup/connect4")
-int udp_connect4(struct bpf_sock_addr *ctx)
+int udp_connect4(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_connect(ctx, AF_INET);
 }
 
 SEC("cgroup/connect6")
-int udp_connect6(struct bpf_sock_addr *ctx)
+int udp_connect6(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_connect(ctx, AF_INET6);
 }

@@ -390,6 +390,32 @@ mod tests {
     use super::*;
     use crate::programs::tests::assert_table_matches;
 
+    /// Bytes of CO-RE relocation records in a BPF object (its .BTF.ext
+    /// header: magic 0xeb9f, version 1, 32-byte header, core_relo_len last).
+    fn core_relocation_bytes(object: &[u8]) -> u32 {
+        let header = [0x9f, 0xeb, 1, 0, 32, 0, 0, 0];
+        let at = object
+            .windows(header.len())
+            .position(|w| w == header)
+            .expect("a .BTF.ext header");
+        u32::from_le_bytes(object[at + 28..at + 32].try_into().unwrap())
+    }
+
+    /// libbpf refuses an object with any CO-RE relocation where no BTF is
+    /// at hand, and a field access through a vmlinux.h type is one (they are
+    /// all preserve_access_index): the BTF-less kernel of the matrix found
+    /// the UDP hooks' context reads that way.
+    #[test]
+    fn the_object_for_kernels_without_btf_has_no_core_relocation() {
+        let legacy = include_bytes!(concat!(env!("OUT_DIR"), "/legacy.bpf.o"));
+        let with_btf = include_bytes!(concat!(env!("OUT_DIR"), "/legacy_btf.bpf.o"));
+        assert!(
+            core_relocation_bytes(with_btf) > 0,
+            "the check reads .BTF.ext"
+        );
+        assert_eq!(core_relocation_bytes(legacy), 0);
+    }
+
     #[test]
     fn the_table_lists_every_program_of_both_objects() {
         assert_table_matches(&PROGRAMS, Obj::Legacy, LegacySkelBuilder::default());

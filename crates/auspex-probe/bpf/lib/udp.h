@@ -2,7 +2,7 @@
 /*
  * UDP from cgroup socket hooks, written once for both methods: the
  * core_bpf network probe, and the legacy (ebpf) objects with and without
- * CO-RE. The hooks' contexts (struct bpf_sock_addr, struct bpf_sock) are
+ * CO-RE. The hooks' contexts (struct uapi_bpf_sock_addr, struct bpf_sock) are
  * stable UAPI that the kernel rewrites itself, so nothing here needs BTF;
  * what only the kernel socket tells (its network namespace, its local
  * address at release) comes through udp_read_sock(), which the including
@@ -34,6 +34,49 @@
 #include "lib/constants.h"
 #include "lib/counters.h"
 #include "lib/owners.h"
+
+/*
+ * The hooks' contexts, with their UAPI layouts (include/uapi/linux/bpf.h),
+ * declared here rather than taken from vmlinux.h: vmlinux.h marks every
+ * struct preserve_access_index, which makes each field access a CO-RE
+ * relocation, and libbpf refuses those without kernel BTF (the BTF-less
+ * kernel of the matrix found it: ESRCH at load). The layouts are kernel
+ * ABI, and the kernel rewrites each context access itself.
+ */
+struct uapi_bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;		/* host byte order */
+	/* Network byte order in the first two bytes; a __u32 before 5.19,
+	 * which allows only 4-byte loads of it. */
+	__u32 dst_port;
+	__u32 dst_ip4;
+	__u32 dst_ip6[4];
+	__u32 state;
+	__s32 rx_queue_mapping;
+};
+
+struct uapi_bpf_sock_addr {
+	__u32 user_family;
+	__u32 user_ip4;		/* network byte order */
+	__u32 user_ip6[4];
+	__u32 user_port;	/* network byte order */
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 msg_src_ip4;
+	__u32 msg_src_ip6[4];
+	union {
+		struct uapi_bpf_sock *sk;
+		__u64 : 64;
+	} __attribute__((aligned(8)));
+};
 
 enum udp_sock_flags {
 	/* bind() asked for a specific port: a server's socket. */
@@ -98,9 +141,9 @@ static __always_inline void current_task(struct task_info *info);
  * socket pointers; copying the pointer through a helper makes it an
  * ordinary number (allowed to privileged loaders).
  */
-static __always_inline struct sock *kernel_sock(struct bpf_sock *bsk)
+static __always_inline struct sock *kernel_sock(struct uapi_bpf_sock *bsk)
 {
-	struct bpf_sock *slot = bsk;
+	struct uapi_bpf_sock *slot = bsk;
 	__u64 address = 0;
 
 	bpf_probe_read_kernel(&address, sizeof(address), &slot);
@@ -109,7 +152,7 @@ static __always_inline struct sock *kernel_sock(struct bpf_sock *bsk)
 
 /* bpf_sock.dst_port: a 4-byte load, the only one kernels before 5.19
  * allow; the port (network order) is in its first two bytes. */
-static __always_inline __u16 udp_dst_port(struct bpf_sock *bsk)
+static __always_inline __u16 udp_dst_port(struct uapi_bpf_sock *bsk)
 {
 	return bpf_ntohs((__u16)*(volatile __u32 *)&bsk->dst_port);
 }
@@ -132,7 +175,7 @@ static __always_inline void udp_event(struct sock_event *e, struct sock *sk, __u
 
 /* The local address of a socket reached from a sock_addr hook (ctx->sk:
  * every field is readable there). */
-static __always_inline void udp_local_of(struct sock_event *e, struct bpf_sock *bsk)
+static __always_inline void udp_local_of(struct sock_event *e, struct uapi_bpf_sock *bsk)
 {
 	e->local_port = bsk->src_port;
 	if (e->family == AF_INET) {
@@ -174,7 +217,7 @@ static __always_inline struct udp_sock_state *udp_state(struct sock *sk)
 
 /* `family` is the hook's (a constant): a v4 hook may not even read the
  * v6 fields of its context. */
-static __always_inline void flow_key_of(struct udp_flow_key *fk, struct bpf_sock_addr *ctx,
+static __always_inline void flow_key_of(struct udp_flow_key *fk, struct uapi_bpf_sock_addr *ctx,
 					__u64 gen, __u16 family)
 {
 	__builtin_memset(fk, 0, sizeof(*fk));
@@ -195,10 +238,10 @@ static __always_inline void flow_key_of(struct udp_flow_key *fk, struct bpf_sock
 
 /* The UDP socket of an address hook, its state, and the (socket, peer)
  * key of the address in the call; NULL for other sockets. */
-static __always_inline struct udp_sock_state *udp_hook(struct bpf_sock_addr *ctx, __u16 family,
+static __always_inline struct udp_sock_state *udp_hook(struct uapi_bpf_sock_addr *ctx, __u16 family,
 						       struct sock **sk, struct udp_flow_key *fk)
 {
-	struct bpf_sock *bsk = ctx->sk;
+	struct uapi_bpf_sock *bsk = ctx->sk;
 
 	if (!bsk || bsk->protocol != IPPROTO_UDP)
 		return NULL;
@@ -211,7 +254,7 @@ static __always_inline struct udp_sock_state *udp_hook(struct bpf_sock_addr *ctx
 }
 
 /* A datagram to or from a peer named in the call: report the pair once. */
-static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 family)
+static __always_inline int udp_flow(struct uapi_bpf_sock_addr *ctx, __u8 role, __u16 family)
 {
 	struct sock *sk;
 	struct udp_flow_key fk;
@@ -229,7 +272,7 @@ static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 
 	if (bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
 		return 1;
 
-	struct bpf_sock *bsk = ctx->sk;
+	struct uapi_bpf_sock *bsk = ctx->sk;
 
 	if (!bsk)
 		return 1;
@@ -254,25 +297,25 @@ static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 
 }
 
 SEC("cgroup/sendmsg4")
-int udp_sendmsg4(struct bpf_sock_addr *ctx)
+int udp_sendmsg4(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET);
 }
 
 SEC("cgroup/sendmsg6")
-int udp_sendmsg6(struct bpf_sock_addr *ctx)
+int udp_sendmsg6(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET6);
 }
 
 SEC("cgroup/recvmsg4")
-int udp_recvmsg4(struct bpf_sock_addr *ctx)
+int udp_recvmsg4(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET);
 }
 
 SEC("cgroup/recvmsg6")
-int udp_recvmsg6(struct bpf_sock_addr *ctx)
+int udp_recvmsg6(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET6);
 }
@@ -281,7 +324,7 @@ int udp_recvmsg6(struct bpf_sock_addr *ctx)
  * runs before the kernel binds the socket, so the open is reported later:
  * at release here, from a timer where the object has one. Returns the
  * socket's state for that, NULL for other sockets. */
-static __always_inline struct udp_sock_state *udp_connect_pending(struct bpf_sock_addr *ctx,
+static __always_inline struct udp_sock_state *udp_connect_pending(struct uapi_bpf_sock_addr *ctx,
 								 __u16 family)
 {
 	struct sock *sk;
@@ -300,14 +343,14 @@ static __always_inline struct udp_sock_state *udp_connect_pending(struct bpf_soc
 
 /* The connected-UDP hooks without a timer: the open waits for release. */
 SEC("cgroup/connect4")
-int udp_connect4_late(struct bpf_sock_addr *ctx)
+int udp_connect4_late(struct uapi_bpf_sock_addr *ctx)
 {
 	udp_connect_pending(ctx, AF_INET);
 	return 1;
 }
 
 SEC("cgroup/connect6")
-int udp_connect6_late(struct bpf_sock_addr *ctx)
+int udp_connect6_late(struct uapi_bpf_sock_addr *ctx)
 {
 	udp_connect_pending(ctx, AF_INET6);
 	return 1;
@@ -316,9 +359,9 @@ int udp_connect6_late(struct bpf_sock_addr *ctx)
 /* bind() to a specific port marks a UDP server; post_bind reports it once
  * the bind succeeded. (post_bind alone cannot tell a requested port from an
  * ephemeral one.) */
-static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
+static __always_inline int udp_bind(struct uapi_bpf_sock_addr *ctx)
 {
-	struct bpf_sock *bsk = ctx->sk;
+	struct uapi_bpf_sock *bsk = ctx->sk;
 
 	if (!bsk || bsk->protocol != IPPROTO_UDP || !ctx->user_port)
 		return 1;
@@ -330,19 +373,19 @@ static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/bind4")
-int udp_bind4(struct bpf_sock_addr *ctx)
+int udp_bind4(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_bind(ctx);
 }
 
 SEC("cgroup/bind6")
-int udp_bind6(struct bpf_sock_addr *ctx)
+int udp_bind6(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_bind(ctx);
 }
 
 /* A post_bind hook may read the source fields of its own family only. */
-static __always_inline int udp_post_bind(struct bpf_sock *bsk, __u16 family)
+static __always_inline int udp_post_bind(struct uapi_bpf_sock *bsk, __u16 family)
 {
 	if (bsk->protocol != IPPROTO_UDP)
 		return 1;
@@ -372,13 +415,13 @@ static __always_inline int udp_post_bind(struct bpf_sock *bsk, __u16 family)
 }
 
 SEC("cgroup/post_bind4")
-int udp_post_bind4(struct bpf_sock *bsk)
+int udp_post_bind4(struct uapi_bpf_sock *bsk)
 {
 	return udp_post_bind(bsk, AF_INET);
 }
 
 SEC("cgroup/post_bind6")
-int udp_post_bind6(struct bpf_sock *bsk)
+int udp_post_bind6(struct uapi_bpf_sock *bsk)
 {
 	return udp_post_bind(bsk, AF_INET6);
 }
@@ -388,7 +431,7 @@ int udp_post_bind6(struct bpf_sock *bsk)
  * A release hook may read the socket's destination, not its source: the
  * local address of a pending connect is what udp_read_sock() tells. */
 SEC("cgroup/sock_release")
-int udp_release(struct bpf_sock *bsk)
+int udp_release(struct uapi_bpf_sock *bsk)
 {
 	if (bsk->protocol != IPPROTO_UDP)
 		return 1;
