@@ -195,11 +195,32 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<Listen>,
 
-    /// Where the gRPC event stream (auspex.v1.Events) listens, or `off`
-    /// [default: off].
-    #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]
+    /// Where the gRPC event stream (auspex.v1.Events, grpc.health.v1,
+    /// reflection) listens: `unix` (a Unix socket at
+    /// /run/auspex/grpc.sock, mode 0600: root only), `unix:PATH`,
+    /// `ADDRESS:PORT`, several separated by commas, or `off` [default: off].
+    #[arg(long, value_name = "ENDPOINTS", value_parser = values::parse_endpoints)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_listen: Option<Listen>,
+    pub grpc_listen: Option<values::Endpoints>,
+
+    /// Connections each API listener (HTTP, each gRPC endpoint) holds at
+    /// once; a new one past this closes the one idle the longest, or is
+    /// refused when all are busy [default: 256].
+    #[arg(long, value_name = "N", value_parser = values::parse_max_connections)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_max_connections: Option<usize>,
+
+    /// How long an HTTP/1 client may take to send a request's headers
+    /// before its connection is closed [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub api_header_timeout: Option<Duration>,
+
+    /// An API connection without a request in progress (a gRPC stream
+    /// counts as one) for this long is closed [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub api_idle_timeout: Option<Duration>,
 }
 
 // Flags in the form the config layers read (skipped when None).

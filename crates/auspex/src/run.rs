@@ -48,17 +48,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.start_at_zero(&crate::methods::order());
     let reporter = Reporter::new(Arc::clone(&metrics), args.termination_log.clone());
+    let limits = crate::server::Limits {
+        max_connections: args.api_max_connections,
+        header_timeout: args.api_header_timeout,
+        idle_timeout: args.api_idle_timeout,
+    };
     if let Some(addr) = args.listen.0 {
-        let bound = crate::http::serve(addr, reporter.shared(), Arc::clone(&metrics))?;
+        let bound = crate::http::serve(addr, limits, reporter.shared(), Arc::clone(&metrics))?;
         tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
     }
     let mut sinks = vec![("output", output)];
-    if let Some(addr) = args.grpc_listen.0 {
-        let server = crate::grpc::serve(addr, Arc::clone(&metrics))?;
-        tracing::info!(
-            "gRPC event stream on http://{} (auspex.v1.Events/Subscribe)",
-            server.addr
-        );
+    if !args.grpc_listen.0.is_empty() {
+        let server = crate::grpc::serve(
+            &args.grpc_listen.0,
+            limits,
+            reporter.shared().0,
+            Arc::clone(&metrics),
+        )?;
+        for endpoint in &server.bound {
+            tracing::info!(
+                "gRPC event stream on {} (auspex.v1.Events/Subscribe, grpc.health.v1, reflection)",
+                match endpoint {
+                    crate::config::values::Endpoint::Tcp(addr) => format!("http://{addr}"),
+                    unix => unix.to_string(),
+                }
+            );
+        }
         sinks.push(("grpc", Box::new(server)));
     }
     let sinks = Sinks::new(sinks, args.sink_queue, Arc::clone(&metrics))

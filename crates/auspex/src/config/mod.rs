@@ -88,7 +88,16 @@ pub struct RunArgs {
     /// Events go here instead of stdout.
     pub output: Option<PathBuf>,
     pub listen: Listen,
-    pub grpc_listen: Listen,
+    pub grpc_listen: values::Endpoints,
+    /// Connections each API listener holds before closing the idlest.
+    #[serde(with = "values::max_connections")]
+    pub api_max_connections: usize,
+    /// How long a client may take to send a request's headers (HTTP/1).
+    #[serde(with = "values::interval")]
+    pub api_header_timeout: Duration,
+    /// A connection without a request in progress this long is closed.
+    #[serde(with = "values::interval")]
+    pub api_idle_timeout: Duration,
     pub report: Report,
     #[serde(with = "values::interval")]
     pub scan_interval: Duration,
@@ -124,7 +133,10 @@ impl Default for RunArgs {
             ring_buffer_size: 8 << 20,
             output: None,
             listen: values::parse_listen("127.0.0.1:8080").expect("a valid address"),
-            grpc_listen: Listen(None),
+            grpc_listen: values::Endpoints::default(),
+            api_max_connections: 256,
+            api_header_timeout: Duration::from_secs(10),
+            api_idle_timeout: Duration::from_secs(60),
             report: Report::Raw,
             scan_interval: Duration::from_secs(5),
             canary_timeout: Duration::from_secs(5),

@@ -40,6 +40,20 @@ pub struct MethodLabel {
     pub method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiClosedLabels {
+    pub api: String,
+    pub reason: String,
+}
+
+/// The APIs' labels: the HTTP API, the gRPC stream.
+pub const APIS: [&str; 2] = ["http", "grpc"];
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub events: Family<TypeLabel, Counter>,
@@ -52,6 +66,10 @@ pub struct Metrics {
     pub sink_written: Family<SinkLabel, Counter>,
     pub sink_queued: Family<SinkLabel, Gauge>,
     pub sink_stalled: Family<SinkLabel, Gauge>,
+    /// Per API (server/): connections the agent closed, by reason, and
+    /// failed accepts.
+    pub api_closed: Family<ApiClosedLabels, Counter>,
+    pub api_accept_errors: Family<ApiLabel, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +84,8 @@ impl Metrics {
         let sink_written = Family::<SinkLabel, Counter>::default();
         let sink_queued = Family::<SinkLabel, Gauge>::default();
         let sink_stalled = Family::<SinkLabel, Gauge>::default();
+        let api_closed = Family::<ApiClosedLabels, Counter>::default();
+        let api_accept_errors = Family::<ApiLabel, Counter>::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -103,6 +123,17 @@ impl Metrics {
             "How long each sink has been stalled (0: it is not)",
             sink_stalled.clone(),
         );
+        registry.register(
+            "api_connections_closed",
+            "API connections the agent closed: idle past the idle timeout, evicted (the \
+             idlest, at the connection cap) or refused (at the cap, all busy)",
+            api_closed.clone(),
+        );
+        registry.register(
+            "api_accept_errors",
+            "Connections an API listener could not accept (out of descriptors, say)",
+            api_accept_errors.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -114,7 +145,24 @@ impl Metrics {
             sink_written,
             sink_queued,
             sink_stalled,
+            api_closed,
+            api_accept_errors,
         }
+    }
+
+    pub fn api_connections_closed(&self, api: &str, reason: &str) {
+        self.api_closed
+            .get_or_create(&ApiClosedLabels {
+                api: api.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn api_accept_errors(&self, api: &str) {
+        self.api_accept_errors
+            .get_or_create(&ApiLabel { api: api.into() })
+            .inc();
     }
 
     /// Exports the method chosen, as an info metric (once: the method does
@@ -152,6 +200,19 @@ impl Metrics {
                 .get_or_create(&TypeLabel {
                     r#type: kind.to_string(),
                 })
+                .inc_by(0);
+        }
+        for api in APIS {
+            for reason in crate::server::table::Closed::ALL {
+                self.api_closed
+                    .get_or_create(&ApiClosedLabels {
+                        api: api.into(),
+                        reason: reason.label().into(),
+                    })
+                    .inc_by(0);
+            }
+            self.api_accept_errors
+                .get_or_create(&ApiLabel { api: api.into() })
                 .inc_by(0);
         }
         for (i, from) in order.iter().enumerate() {
