@@ -203,6 +203,52 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<values::Endpoints>,
 
+    /// Serve the gRPC stream's TCP endpoints over TLS with this certificate (PEM, the chain
+    /// after it), re-read when it changes on disk; with --grpc-tls-key.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// The private key of --grpc-tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only clients with a certificate signed by a CA in
+    /// this file (PEM) may connect to the gRPC stream's TCP endpoints.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// Serve the gRPC stream's TCP endpoints on an address other than loopback without TLS
+    /// (refused otherwise) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_insecure: Option<bool>,
+
+    /// Serve the HTTP API over TLS with this certificate (PEM, the chain
+    /// after it), re-read when it changes on disk; with --http-tls-key.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only clients with a certificate signed by a CA in
+    /// this file (PEM) may connect to the HTTP API.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_client_ca: Option<PathBuf>,
+
+    /// Serve the HTTP API on an address other than loopback without TLS
+    /// (refused otherwise) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_insecure: Option<bool>,
+
     /// Connections each API listener (HTTP, each gRPC endpoint) holds at
     /// once; a new one past this closes the one idle the longest, or is
     /// refused when all are busy [default: 256].

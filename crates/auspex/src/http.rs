@@ -11,7 +11,7 @@ use axum::{Json, Router};
 
 use crate::config::values::Endpoint;
 use crate::metrics::Metrics;
-use crate::server::{Limits, Named};
+use crate::server::{Listening, Named};
 use crate::status::{Liveness, SharedStatus, LIVENESS_STALL};
 
 #[derive(Clone)]
@@ -23,8 +23,7 @@ struct AppState {
 
 /// Binds `addr` and serves in the background; returns the bound address.
 pub fn serve(
-    addr: SocketAddr,
-    limits: Limits,
+    listening: Listening<'_>,
     (status, liveness): (SharedStatus, Liveness),
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<SocketAddr> {
@@ -40,13 +39,12 @@ pub fn serve(
         });
     // It serves until the process exits.
     let running = crate::server::spawn(
-        &[Endpoint::Tcp(addr)],
+        listening,
         Named {
             what: "HTTP API",
             flag: "--listen",
             api: "http",
         },
-        limits,
         metrics,
         app,
         std::future::pending(),

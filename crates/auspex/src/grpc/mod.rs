@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::config::values::Endpoint;
 use crate::metrics::Metrics;
 use crate::pipeline::sink::Sink;
-use crate::server::{Limits, Named};
+use crate::server::{Listening, Named};
 use crate::status::SharedStatus;
 use filter::{Filter, Key};
 
@@ -226,8 +226,7 @@ async fn follow_readiness(reporter: tonic_health::server::HealthReporter, status
 
 /// Binds `endpoints` and serves in the background.
 pub fn serve(
-    endpoints: &[Endpoint],
-    limits: Limits,
+    listening: Listening<'_>,
     status: SharedStatus,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Server> {
@@ -253,13 +252,12 @@ pub fn serve(
     let app = routes.routes().prepare().into_axum_router();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = crate::server::spawn(
-        endpoints,
+        listening,
         Named {
             what: "gRPC stream",
             flag: "--grpc-listen",
             api: "grpc",
         },
-        limits,
         metrics,
         app,
         follow_readiness(reporter, status),

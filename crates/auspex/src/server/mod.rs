@@ -9,6 +9,7 @@
 
 mod stream;
 pub mod table;
+pub mod tls;
 mod unix;
 
 use std::convert::Infallible;
@@ -24,6 +25,7 @@ use crate::config::values::Endpoint;
 use crate::metrics::Metrics;
 use stream::{Bound, Listener, Stream};
 use table::{Busy, Closed, Table};
+use tls::Tls;
 
 /// The limits on each listener's clients (issue 16: 1,100 idle sockets
 /// against a server without them starved the agent of descriptors under
@@ -31,6 +33,7 @@ use table::{Busy, Closed, Table};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Also bounds a TLS handshake.
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -63,20 +66,32 @@ pub struct Named {
     pub api: &'static str,
 }
 
+/// How a server is reached: where, with what limits, with TLS or not (TLS
+/// applies to its TCP endpoints; a Unix socket's access control is its
+/// file mode).
+pub struct Listening<'a> {
+    pub endpoints: &'a [Endpoint],
+    pub limits: Limits,
+    pub tls: Option<Arc<Tls>>,
+}
+
 /// Binds every endpoint now (so a taken port is an error at start, naming
 /// the flag) and serves `app` on them in the background, with `beside`
 /// running alongside (the health service's updates), until `stop`
 /// resolves (then lets the connections finish what they were doing).
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    endpoints: &[Endpoint],
+    listening: Listening<'_>,
     name: Named,
-    limits: Limits,
     metrics: Arc<Metrics>,
     app: axum::Router,
     beside: impl std::future::Future<Output = ()> + Send + 'static,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    let Listening {
+        endpoints,
+        limits,
+        tls,
+    } = listening;
     let listeners = endpoints
         .iter()
         .map(|endpoint| {
@@ -105,150 +120,180 @@ pub fn spawn(
                 .expect("a tokio runtime");
             runtime.block_on(async move {
                 let beside = tokio::spawn(beside);
-                serve(listeners, name, limits, metrics, app, stop).await;
+                let server = Server {
+                    name,
+                    limits,
+                    tls,
+                    metrics,
+                    app,
+                };
+                server.serve(listeners, stop).await;
                 beside.abort();
             });
         })?;
     Ok(Running { bound, thread })
 }
 
-async fn serve(
-    listeners: Vec<Bound>,
+/// What every connection of a server shares.
+#[derive(Clone)]
+struct Server {
     name: Named,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     metrics: Arc<Metrics>,
     app: axum::Router,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-    let mut tasks = tokio::task::JoinSet::new();
-    for bound in listeners {
-        let listener = match Listener::new(bound) {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!("the {} cannot serve: {e}", name.what);
-                continue;
-            }
-        };
-        let table = Table::new(limits.max_connections, limits.idle_timeout);
-        let accept = accept_loop(
-            listener,
-            table,
-            name,
-            Arc::clone(&metrics),
-            builder.clone(),
-            app.clone(),
-            stopped.clone(),
-        );
-        tasks.spawn(accept);
-    }
-    stop.await;
-    let _ = stopping.send(true);
-    while tasks.join_next().await.is_some() {}
 }
 
-/// Accepts until told to stop, then waits for its connections to finish.
-async fn accept_loop(
-    listener: Listener,
-    table: Arc<Table>,
-    name: Named,
-    metrics: Arc<Metrics>,
-    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    app: axum::Router,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut connections = tokio::task::JoinSet::new();
-    let closed = |why: Closed| metrics.api_connections_closed(name.api, why.label());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopping(&mut stopped) => break,
-            // Reap finished connections as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let stream = match accepted {
+impl Server {
+    async fn serve(self, listeners: Vec<Bound>, stop: impl std::future::Future<Output = ()>) {
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        let mut tasks = tokio::task::JoinSet::new();
+        for bound in listeners {
+            let listener = match Listener::new(bound) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!("the {} cannot serve: {e}", self.name.what);
+                    continue;
+                }
+            };
+            let table = Table::new(self.limits.max_connections, self.limits.idle_timeout);
+            tasks.spawn(self.clone().accept_loop(
+                listener,
+                table,
+                builder.clone(),
+                stopped.clone(),
+            ));
+        }
+        stop.await;
+        let _ = stopping.send(true);
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn closed(&self, why: Closed) {
+        self.metrics
+            .api_connections_closed(self.name.api, why.label());
+    }
+
+    /// Accepts until told to stop, then waits for its connections to finish.
+    async fn accept_loop(
+        self,
+        listener: Listener,
+        table: Arc<Table>,
+        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopping(&mut stopped) => break,
+                // Reap finished connections as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.metrics.api_accept_errors(self.name.api);
+                    tracing::warn!("the {} cannot accept a connection: {e}", self.name.what);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let (slot, evicted) = match table.admit() {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    self.closed(why);
+                    drop(stream);
+                    continue;
+                }
+            };
+            if evicted {
+                self.closed(Closed::Evicted);
+                // Let the evicted connection close its socket before the
+                // next accept takes another descriptor.
+                tokio::task::yield_now().await;
+            }
+            connections.spawn(self.clone().serve_connection(
+                stream,
+                slot,
+                builder.clone(),
+                stopped.clone(),
+            ));
+        }
+        while connections.join_next().await.is_some() {}
+    }
+
+    /// The TLS handshake, when the server has TLS and this is TCP, within
+    /// the header timeout.
+    async fn secure(&self, stream: Stream) -> Result<Stream, String> {
+        match (stream, &self.tls) {
+            (Stream::Tcp(tcp), Some(tls)) => {
+                let handshake = tls.acceptor().accept(tcp);
+                match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+                    Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the TLS handshake timed out".into()),
+                }
+            }
+            (stream, _) => Ok(stream),
+        }
+    }
+
+    async fn serve_connection(
+        self,
+        stream: Stream,
+        slot: table::Slot,
+        builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let stream = match self.secure(stream).await {
             Ok(stream) => stream,
             Err(e) => {
-                metrics.api_accept_errors(name.api);
-                tracing::warn!("the {} cannot accept a connection: {e}", name.what);
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
+                // Debug only: anyone who can connect could fill the log.
+                tracing::debug!("a {} client failed TLS: {e}", self.name.what);
+                self.closed(Closed::TlsFailed);
+                return;
             }
         };
-        let (slot, evicted) = match table.admit() {
-            Ok(admitted) => admitted,
-            Err(why) => {
-                closed(why);
-                drop(stream);
-                continue;
+        let slot = Arc::new(slot);
+        let requests = Arc::clone(&slot);
+        let app = self.app.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let busy = requests.busy();
+                let app = app.clone();
+                async move {
+                    let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+                    Ok::<_, Infallible>(
+                        response.map(|body| Body::new(Guarded { body, _busy: busy })),
+                    )
+                }
+            });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("a {} connection ended: {e}", self.name.what);
+                }
             }
-        };
-        if evicted {
-            closed(Closed::Evicted);
-            // Let the evicted connection close its socket before the
-            // next accept takes another descriptor.
-            tokio::task::yield_now().await;
-        }
-        let connection = serve_connection(
-            stream,
-            slot,
-            builder.clone(),
-            app.clone(),
-            Arc::clone(&metrics),
-            name,
-            stopped.clone(),
-        );
-        connections.spawn(connection);
-    }
-    while connections.join_next().await.is_some() {}
-}
-
-async fn serve_connection(
-    stream: Stream,
-    slot: table::Slot,
-    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    app: axum::Router,
-    metrics: Arc<Metrics>,
-    name: Named,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    let slot = Arc::new(slot);
-    let requests = Arc::clone(&slot);
-    let service =
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let busy = requests.busy();
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
-                Ok::<_, Infallible>(response.map(|body| Body::new(Guarded { body, _busy: busy })))
+            why = slot.closing() => self.closed(why),
+            _ = stopping(&mut stopped) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
             }
-        });
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!("a {} connection ended: {e}", name.what);
-            }
-        }
-        why = slot.closing() => {
-            metrics.api_connections_closed(name.api, why.label());
-        }
-        _ = stopping(&mut stopped) => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         }
     }
 }

@@ -27,16 +27,25 @@ pub enum Closed {
     Evicted,
     /// At the cap with every connection busy: the new one was refused.
     Refused,
+    /// The TLS handshake failed or did not end within the header timeout
+    /// (a client without a valid certificate, under mutual TLS).
+    TlsFailed,
 }
 
 impl Closed {
-    pub const ALL: [Closed; 3] = [Closed::Idle, Closed::Evicted, Closed::Refused];
+    pub const ALL: [Closed; 4] = [
+        Closed::Idle,
+        Closed::Evicted,
+        Closed::Refused,
+        Closed::TlsFailed,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Closed::Idle => "idle",
             Closed::Evicted => "evicted",
             Closed::Refused => "refused",
+            Closed::TlsFailed => "tls_failed",
         }
     }
 }
