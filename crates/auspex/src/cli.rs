@@ -25,6 +25,10 @@ pub enum Command {
     Run(Box<RunFlags>),
     /// Probe the kernel's features and say which methods can run here.
     Check(CheckArgs),
+    /// Watch a running agent: one line per event from its gRPC stream
+    /// (coloured on a terminal), or `-o json`; reconnects when the agent
+    /// restarts.
+    Events(EventsArgs),
     /// The configuration `run` would use.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -38,6 +42,86 @@ pub enum ConfigCommand {
     /// Print the effective options of `run` (the same flags, environment
     /// and config file) as YAML, each with where its value came from.
     Show(Box<RunFlags>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    /// One compact line per event.
+    Text,
+    /// The event documents, one per line, as the agent writes them.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<Color> for anstream::ColorChoice {
+    fn from(c: Color) -> Self {
+        match c {
+            Color::Auto => anstream::ColorChoice::Auto,
+            Color::Always => anstream::ColorChoice::Always,
+            Color::Never => anstream::ColorChoice::Never,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The agent's gRPC stream: unix:PATH, HOST:PORT, http://HOST:PORT or
+    /// https://HOST:PORT.
+    #[arg(
+        long,
+        short,
+        value_name = "ADDRESS",
+        default_value = "unix:/run/auspex/grpc.sock"
+    )]
+    pub address: String,
+
+    /// How to print events.
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: EventsFormat,
+
+    /// Colours on a terminal (auto), always or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+
+    /// Only events about processes in this container (repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
+    /// Only events about this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only events about processes running this executable (repeatable).
+    #[arg(long = "exe", value_name = "PATH")]
+    pub exes: Vec<String>,
+
+    /// TLS: the CA that signed the agent's certificate (PEM); implies
+    /// https for a HOST:PORT address.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Mutual TLS: this client's certificate (PEM), with --tls-key.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name the agent's certificate must have [default: the address's
+    /// host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -212,6 +212,65 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     for answer in &refused {
         assert_eq!(answer["code"], "UNAVAILABLE", "{refused:?}");
     }
+    // `auspex events` over mutual TLS, as JSON: the document the agent wrote.
+    let held = common::HeldShell::spawn("exec /bin/true over-mtls", &[]);
+    let mut events = Command::new(common::AUSPEX)
+        .args([
+            "events",
+            "-o",
+            "json",
+            "--type",
+            "process_exec",
+            "--pid",
+            &held.pid().to_string(),
+        ])
+        .args(["--address", &format!("https://{target}"), "--tls-ca", &ca])
+        .args([
+            "--tls-cert",
+            &path(d, "client.crt"),
+            "--tls-key",
+            &path(d, "client.key"),
+        ])
+        .args([
+            "--tls-server-name",
+            "localhost",
+            "--exe",
+            &common::canonical("/bin/true"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(events.stderr.take().unwrap());
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+    assert!(
+        said.starts_with("auspex events: connected to https://"),
+        "{said}"
+    );
+    let pid = held.pid();
+    held.release();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(events.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = events.kill();
+    let _ = events.wait();
+    let doc: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        doc["process"]["args"],
+        json!(["/bin/true", "over-mtls"]),
+        "{doc}"
+    );
+    assert_eq!(
+        doc,
+        agent.event_where("process_exec", pid, |e| e["process"]["args"]
+            == doc["process"]["args"])
+    );
+
     let (_, metrics) = agent.http_get("/metrics");
     let failed: u64 = metrics
         .lines()
