@@ -100,6 +100,29 @@ def say(text: str) -> None:
     print(f"deploy-test: {text}", flush=True)
 
 
+class NoWorkDir(Exception):
+    """A scratch directory could not be made (a full disk, most likely)."""
+
+
+def work_dir(prefix: str) -> Path:
+    """A scratch directory for one check, under the system's temporary
+    directory. If none can be made, the error says why and how full each
+    candidate's file system is: a CI run once ended here with only Python's
+    "No usable temporary directory" and a traceback."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as e:
+        space = []
+        candidates = [os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")]
+        for d in dict.fromkeys(d for d in candidates + ["/tmp", "/var/tmp", os.getcwd()] if d):
+            try:
+                u = shutil.disk_usage(d)
+                space.append(f"{d}: {u.free >> 20} MiB free of {u.total >> 20} MiB")
+            except OSError as why:
+                space.append(f"{d}: {why.strerror}")
+        raise NoWorkDir(f"cannot make a scratch directory ({e}); {'; '.join(space)}") from e
+
+
 # ---------------------------------------------------------------- the chart
 
 def render(values: dict) -> dict[str, list[dict]]:
@@ -478,7 +501,7 @@ class Pod:
     def __init__(self, docs, label: str, without_capability: str | None = None,
                  runtime_args: tuple[str, ...] = ()) -> None:
         self.label = label
-        self.work = Path(tempfile.mkdtemp(prefix="auspex-deploy-"))
+        self.work = work_dir("auspex-deploy-")
         self.name = f"auspex-deploy-test-{RUN_ID}-{label}"
         spec = copy.deepcopy(pod_spec(docs))
         if without_capability:
@@ -820,7 +843,7 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
 
 def config_checks(c: Checks, image: str, rendered: dict) -> None:
     """The real agent accepts every rendered config file, and refuses a bad key."""
-    work = Path(tempfile.mkdtemp(prefix="auspex-deploy-config-"))
+    work = work_dir("auspex-deploy-config-")
     try:
         # The schema's config keys and the keys the chart sets are exactly
         # the agent's options: neither can drift from the other.
@@ -880,9 +903,10 @@ def main() -> int:
         c.skip("image and pod checks", "; ".join(blockers))
     else:
         image = f"localhost/auspex-deploy-test:{RUN_ID}"
-        work = Path(tempfile.mkdtemp(prefix="auspex-deploy-images-"))
+        work = None
         busybox = None
         try:
+            work = work_dir("auspex-deploy-images-")
             t = time.monotonic()
             # A target dir outside the clone: CI's fresh clones then rebuild
             # only the workspace's own crates, not every dependency (and the
@@ -900,13 +924,16 @@ def main() -> int:
                     c.skip("container exec", str(e))
                 config_checks(c, image, rendered)
                 pod_checks(c, image, busybox)
+        except NoWorkDir as e:
+            c.fail("image and pod checks", str(e))
         finally:
             for leftover in podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split():
                 podman("rm", "--force", leftover, check=False)
             for img in (image, busybox):
                 if img:
                     podman("rmi", "--force", img, check=False)
-            shutil.rmtree(work, ignore_errors=True)
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
 
     say(f"took {time.monotonic() - started:.0f} s")
     print(f"deploy: {c.passed} passed, {c.failed} failed, {c.skipped} skipped", flush=True)
