@@ -221,6 +221,12 @@ impl Reporter {
         });
     }
 
+    /// The sizes of the pipeline's tables, into /metrics.
+    pub fn table_sizes(&self, (processes, tracked): (usize, usize)) {
+        self.metrics.process_table_entries.set(processes as i64);
+        self.metrics.tracker_entries.set(tracked as i64);
+    }
+
     /// Each sink's state, into /status and /metrics; a stalled sink makes
     /// the agent not ready (and is logged when it stalls and recovers).
     pub fn sinks(&self, sinks: Vec<SinkStatus>) {

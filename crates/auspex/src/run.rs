@@ -218,6 +218,7 @@ fn publish(reporter: &Reporter, reader: &Reader, pipeline: &Pipeline) {
         &[reader.drops(), pipeline.drops()].concat(),
     );
     reporter.sinks(pipeline.sinks());
+    reporter.table_sizes(pipeline.table_sizes());
 }
 
 /// The main loop: deliver events, and keep the heartbeat, the deltas and

@@ -132,4 +132,58 @@ fn every_family_is_there_before_anything_happened() {
     }
     assert!(has("auspex_heartbeat_misses_total 0"), "{text}");
     assert!(has("auspex_grpc_events_dropped_total 0"), "{text}");
+    for api in ["http", "grpc"] {
+        for reason in ["idle", "evicted", "refused", "tls_failed"] {
+            assert!(
+                has(&format!(
+                    "auspex_api_connections_closed_total{{api=\"{api}\",reason=\"{reason}\"}} 0"
+                )),
+                "{api} {reason}:\n{text}"
+            );
+        }
+        assert!(
+            has(&format!(
+                "auspex_api_accept_errors_total{{api=\"{api}\"}} 0"
+            )),
+            "{text}"
+        );
+    }
+}
+
+/// A gauge's value in the classic text.
+fn gauge(text: &str, name: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn the_table_sizes_are_gauges() {
+    // Deltas: the tracker runs. The startup scrape fills both tables: every
+    // running process, and the endpoints listening (this agent's HTTP API
+    // among them).
+    let agent = Agent::start(&["--report", "both"]);
+    let (_, text) = scrape(&agent, None);
+    let processes = gauge(&text, "auspex_process_table_entries");
+    let on_host = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .parse::<u32>()
+                .is_ok()
+        })
+        .count() as i64;
+    assert!(
+        processes >= on_host / 2,
+        "{processes} processes in the table, {on_host} in /proc"
+    );
+    assert!(gauge(&text, "auspex_tracker_entries") >= 1, "{text}");
+    // Without deltas the tracker does not run.
+    let raw = Agent::start(&[]);
+    let (_, text) = scrape(&raw, None);
+    assert_eq!(gauge(&text, "auspex_tracker_entries"), 0, "{text}");
 }

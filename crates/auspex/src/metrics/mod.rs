@@ -70,6 +70,9 @@ pub struct Metrics {
     /// failed accepts.
     pub api_closed: Family<ApiClosedLabels, Counter>,
     pub api_accept_errors: Family<ApiLabel, Counter>,
+    /// Sizes of the pipeline's tables.
+    pub process_table_entries: Gauge,
+    pub tracker_entries: Gauge,
 }
 
 impl Metrics {
@@ -86,6 +89,8 @@ impl Metrics {
         let sink_stalled = Family::<SinkLabel, Gauge>::default();
         let api_closed = Family::<ApiClosedLabels, Counter>::default();
         let api_accept_errors = Family::<ApiLabel, Counter>::default();
+        let process_table_entries = Gauge::default();
+        let tracker_entries = Gauge::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -134,6 +139,18 @@ impl Metrics {
             "Connections an API listener could not accept (out of descriptors, say)",
             api_accept_errors.clone(),
         );
+        registry.register(
+            "process_table_entries",
+            "Live processes the enrichment table remembers (at most 65536; past that the \
+             oldest are forgotten, counted as process_table_evicted)",
+            process_table_entries.clone(),
+        );
+        registry.register(
+            "tracker_entries",
+            "Connections and endpoints in the tracker's tables (with --report deltas or \
+             both; 0 otherwise)",
+            tracker_entries.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -147,6 +164,8 @@ impl Metrics {
             sink_stalled,
             api_closed,
             api_accept_errors,
+            process_table_entries,
+            tracker_entries,
         }
     }
 
