@@ -139,6 +139,17 @@ macro_rules! bpf_collector {
                 degraded(<$probe>::degraded(self))
             }
 
+            fn program_runs(&self) -> Vec<auspex_collect::ProgramRuns> {
+                self.run_stats()
+                    .into_iter()
+                    .map(|p| auspex_collect::ProgramRuns {
+                        program: p.name,
+                        run_time_ns: p.run_time_ns,
+                        run_count: p.run_count,
+                    })
+                    .collect()
+            }
+
             fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
                 Ok(<$probe>::seed_listeners(self, endpoints)?)
             }

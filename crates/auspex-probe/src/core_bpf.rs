@@ -280,6 +280,14 @@ impl CoreBpf {
         programs::map_ids(&[self.process.get().object(), self.network.get().object()])
     }
 
+    /// Each attached program's run time and count.
+    pub fn run_stats(&self) -> Vec<crate::ProgramRunStats> {
+        programs::run_stats(
+            &[self.process.get().object(), self.network.get().object()],
+            &self.attached,
+        )
+    }
+
     /// How many programs are attached.
     pub fn attached(&self) -> usize {
         self.attached.len()

@@ -272,6 +272,13 @@ impl LegacyBpf {
     pub fn attached(&self) -> usize {
         self.attached.len()
     }
+
+    /// Each attached program's run time and count.
+    pub fn run_stats(&self) -> Vec<crate::ProgramRunStats> {
+        let mut objects = vec![self.legacy.get().object()];
+        objects.extend(self.with_btf.as_ref().map(|b| b.get().object()));
+        programs::run_stats(&objects, &self.attached)
+    }
 }
 
 fn perf_failed(e: std::io::Error) -> ProbeError {

@@ -187,3 +187,64 @@ fn the_table_sizes_are_gauges() {
     let (_, text) = scrape(&raw, None);
     assert_eq!(gauge(&text, "auspex_tracker_entries"), 0, "{text}");
 }
+
+/// Sets kernel.bpf_stats_enabled for as long as it lives, then puts the
+/// previous value back.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Option<BpfStats> {
+        let previous = std::fs::read_to_string(BPF_STATS).ok()?;
+        std::fs::write(BPF_STATS, "1").ok()?;
+        Some(BpfStats(previous))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
+#[test]
+fn bpf_program_run_time_is_counted_when_the_kernel_counts_it() {
+    let Some(_stats) = BpfStats::enable() else {
+        eprintln!("skipped: cannot set {BPF_STATS}");
+        return;
+    };
+    // Locked down (the default): the run time is read through the
+    // programs' descriptors, which the seccomp filter allows.
+    let agent = Agent::start(&["--method", "core_bpf"]);
+    for _ in 0..20 {
+        std::process::Command::new("/bin/true").status().unwrap();
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let (_, text) = scrape(&agent, None);
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        let runs: Vec<(&str, f64)> = text
+            .lines()
+            .filter(|l| l.starts_with("auspex_bpf_program_runs_total{program=\""))
+            .filter_map(|l| Some((l, value(l)?)))
+            .collect();
+        let seconds: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("auspex_bpf_program_run_seconds_total{program=\""))
+            .filter_map(value)
+            .sum();
+        let exec = runs
+            .iter()
+            .find(|(l, _)| l.contains("exec"))
+            .map_or(0.0, |(_, v)| *v);
+        if exec >= 20.0 && seconds > 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::deadline(),
+            "no exec program runs counted ({exec}), {seconds} s in all:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -47,6 +47,8 @@ pub struct Started {
 struct Shared {
     /// The collector's drops, as last read.
     drops: Mutex<Drops>,
+    /// Its BPF programs' run time and count, as last read.
+    programs: Mutex<Vec<auspex_collect::ProgramRuns>>,
     queue_full: AtomicU64,
     /// Events still queued when stopping passed its deadline.
     past_deadline: AtomicU64,
@@ -211,6 +213,15 @@ impl Reader {
         state
     }
 
+    /// The method's BPF programs' run time and count, as last read (none
+    /// for the proc method).
+    pub fn program_runs(&self) -> Vec<auspex_collect::ProgramRuns> {
+        if let Source::Inline(collector) = &self.source {
+            return collector.program_runs();
+        }
+        self.shared.programs.lock().unwrap().clone()
+    }
+
     /// Everything lost or incomplete so far, by cause.
     pub fn drops(&self) -> Drops {
         if let Source::Inline(collector) = &self.source {
@@ -302,6 +313,7 @@ fn read(
         }
         if Instant::now() >= next_drops {
             *shared.drops.lock().unwrap() = collector.drops()?;
+            *shared.programs.lock().unwrap() = collector.program_runs();
             next_drops = Instant::now() + DROPS_INTERVAL;
         }
     }

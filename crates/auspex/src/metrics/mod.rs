@@ -41,6 +41,11 @@ pub struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabel {
     pub api: String,
 }
@@ -73,6 +78,10 @@ pub struct Metrics {
     /// Sizes of the pipeline's tables.
     pub process_table_entries: Gauge,
     pub tracker_entries: Gauge,
+    /// Per BPF program: in-kernel run time and runs, as the kernel counts
+    /// them (only while kernel.bpf_stats_enabled is 1).
+    pub bpf_run_seconds: Family<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub bpf_runs: Family<ProgramLabel, Counter>,
 }
 
 impl Metrics {
@@ -91,6 +100,9 @@ impl Metrics {
         let api_accept_errors = Family::<ApiLabel, Counter>::default();
         let process_table_entries = Gauge::default();
         let tracker_entries = Gauge::default();
+        let bpf_run_seconds =
+            Family::<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let bpf_runs = Family::<ProgramLabel, Counter>::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -151,6 +163,18 @@ impl Metrics {
              both; 0 otherwise)",
             tracker_entries.clone(),
         );
+        registry.register(
+            "bpf_program_run_seconds",
+            "In-kernel run time of each BPF program of the method, counted only while \
+             kernel.bpf_stats_enabled is 1",
+            bpf_run_seconds.clone(),
+        );
+        registry.register(
+            "bpf_program_runs",
+            "Runs of each BPF program of the method, counted only while \
+             kernel.bpf_stats_enabled is 1",
+            bpf_runs.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -166,6 +190,8 @@ impl Metrics {
             api_accept_errors,
             process_table_entries,
             tracker_entries,
+            bpf_run_seconds,
+            bpf_runs,
         }
     }
 
