@@ -52,6 +52,14 @@ pub trait Features {
 /// Everything lost or incomplete so far, by cause (cumulative counts).
 pub type Drops = Vec<(&'static str, u64)>;
 
+/// How full the kernel buffer the method reads is, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BufferFill {
+    /// Bytes written by the kernel and not yet read.
+    pub used: u64,
+    pub size: u64,
+}
+
 /// One BPF program's in-kernel cost so far: counted by the kernel only
 /// while `kernel.bpf_stats_enabled` is 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +117,11 @@ pub trait Collector {
     /// Each of its BPF programs' run time and count (none without BPF).
     fn program_runs(&self) -> Vec<ProgramRuns> {
         Vec::new()
+    }
+    /// How full its kernel buffer is, where it can tell (a BPF ring
+    /// buffer can; perf buffers and the proc connector cannot).
+    fn buffer_fill(&self) -> Option<BufferFill> {
+        None
     }
     /// Tells the method who owns the listeners that existed before it ran
     /// (from the startup scrape); returns how many it took. Only a method

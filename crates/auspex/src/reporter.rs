@@ -253,6 +253,13 @@ impl Reporter {
         }
     }
 
+    /// How full the kernel buffer is, into /metrics.
+    pub fn buffer_fill(&self, fill: Option<auspex_collect::BufferFill>) {
+        let fill = fill.unwrap_or_default();
+        self.metrics.ring_used.set(fill.used as i64);
+        self.metrics.ring_size.set(fill.size as i64);
+    }
+
     /// The sizes of the pipeline's tables, into /metrics.
     pub fn table_sizes(&self, (processes, tracked): (usize, usize)) {
         self.metrics.process_table_entries.set(processes as i64);

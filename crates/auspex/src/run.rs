@@ -220,6 +220,7 @@ fn publish(reporter: &Reporter, reader: &Reader, pipeline: &Pipeline) {
     reporter.sinks(pipeline.sinks());
     reporter.table_sizes(pipeline.table_sizes());
     reporter.program_runs(&reader.program_runs());
+    reporter.buffer_fill(reader.buffer_fill());
 }
 
 /// The main loop: deliver events, and keep the heartbeat, the deltas and

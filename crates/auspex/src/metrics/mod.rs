@@ -82,6 +82,9 @@ pub struct Metrics {
     /// them (only while kernel.bpf_stats_enabled is 1).
     pub bpf_run_seconds: Family<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub bpf_runs: Family<ProgramLabel, Counter>,
+    /// The ring buffer (core_bpf): bytes waiting to be read, and its size.
+    pub ring_used: Gauge,
+    pub ring_size: Gauge,
 }
 
 impl Metrics {
@@ -103,6 +106,8 @@ impl Metrics {
         let bpf_run_seconds =
             Family::<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let bpf_runs = Family::<ProgramLabel, Counter>::default();
+        let ring_used = Gauge::default();
+        let ring_size = Gauge::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -175,6 +180,17 @@ impl Metrics {
              kernel.bpf_stats_enabled is 1",
             bpf_runs.clone(),
         );
+        registry.register(
+            "ring_buffer_used_bytes",
+            "Bytes the kernel wrote to the ring buffer that the agent has not read yet, at the \
+             last look (each second; core_bpf only)",
+            ring_used.clone(),
+        );
+        registry.register(
+            "ring_buffer_size_bytes",
+            "Size of the ring buffer (core_bpf only; 0 under other methods)",
+            ring_size.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -192,6 +208,8 @@ impl Metrics {
             tracker_entries,
             bpf_run_seconds,
             bpf_runs,
+            ring_used,
+            ring_size,
         }
     }
 
