@@ -176,34 +176,39 @@ impl CoreBpf {
             .network()
             .then(|| {
                 Loaded::<Network>::open(
-                "network",
-                NetworkSkelBuilder::default(),
-                custom_btf.as_deref(),
-                |open| {
-                    // One ring buffer and one set of counters for all probes.
-                    let shared = &process.get().maps;
-                    open.maps
-                        .events
-                        .reuse_fd(shared.events.as_fd())
-                        .map_err(load_error("network"))?;
-                    open.maps
-                        .counters
-                        .reuse_fd(shared.counters.as_fd())
-                        .map_err(load_error("network"))?;
-                    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-                        rodata.wakeup_bytes = wakeup_bytes;
-                    }
-                    programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Network, |p| {
-                        p.wanted(&events)
-                            && match p {
-                                Part::UdpConnected => timers,
-                                Part::UdpConnectedLate => !timers,
-                                _ => true,
-                            }
-                    });
-                    Ok(())
-                },
-            )
+                    "network",
+                    NetworkSkelBuilder::default(),
+                    custom_btf.as_deref(),
+                    |open| {
+                        // One ring buffer and one set of counters for all probes.
+                        let shared = &process.get().maps;
+                        open.maps
+                            .events
+                            .reuse_fd(shared.events.as_fd())
+                            .map_err(load_error("network"))?;
+                        open.maps
+                            .counters
+                            .reuse_fd(shared.counters.as_fd())
+                            .map_err(load_error("network"))?;
+                        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                            rodata.wakeup_bytes = wakeup_bytes;
+                        }
+                        programs::set_autoload(
+                            open.open_object_mut(),
+                            &PROGRAMS,
+                            Obj::Network,
+                            |p| {
+                                p.wanted(&events)
+                                    && match p {
+                                        Part::UdpConnected => timers,
+                                        Part::UdpConnectedLate => !timers,
+                                        _ => true,
+                                    }
+                            },
+                        );
+                        Ok(())
+                    },
+                )
             })
             .transpose()?;
 

@@ -88,7 +88,12 @@ impl Part {
     }
 }
 
-const fn row(object: Obj, name: &'static str, variant: Variant, produces: Produces) -> Row<Obj, Part> {
+const fn row(
+    object: Obj,
+    name: &'static str,
+    variant: Variant,
+    produces: Produces,
+) -> Row<Obj, Part> {
     Row {
         object,
         name,
@@ -121,13 +126,48 @@ const fn udp(object: Obj, name: &'static str) -> Row<Obj, Part> {
 /// Every program of the method, in the order they are attached.
 const PROGRAMS: [Row<Obj, Part>; 30] = [
     row(Obj::Legacy, "legacy_fork", Variant::Both, Produces::Fork),
-    row(Obj::Legacy, "legacy_tcp_state", Variant::WithoutBtf, Produces::Tcp),
-    row(Obj::Legacy, "legacy_exec", Variant::WithoutBtf, Produces::Exec),
-    row(Obj::Legacy, "legacy_exit", Variant::WithoutBtf, Produces::Exit),
-    row(Obj::Legacy, "legacy_exit_group", Variant::WithoutBtf, Produces::Exit),
-    row(Obj::LegacyBtf, "legacy_exec_btf", Variant::WithBtf, Produces::Exec),
-    row(Obj::LegacyBtf, "legacy_exit_btf", Variant::WithBtf, Produces::Exit),
-    row(Obj::LegacyBtf, "legacy_tcp_state_btf", Variant::WithBtf, Produces::Tcp),
+    row(
+        Obj::Legacy,
+        "legacy_tcp_state",
+        Variant::WithoutBtf,
+        Produces::Tcp,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exec",
+        Variant::WithoutBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit_group",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exec_btf",
+        Variant::WithBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exit_btf",
+        Variant::WithBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_tcp_state_btf",
+        Variant::WithBtf,
+        Produces::Tcp,
+    ),
     udp(Obj::Legacy, "udp_sendmsg4"),
     udp(Obj::Legacy, "udp_sendmsg6"),
     udp(Obj::Legacy, "udp_recvmsg4"),
@@ -264,17 +304,17 @@ impl LegacyBpf {
         // them): the hook cannot wait for connect() to bind the socket.
         if events.udp() {
             degraded.push(Degraded {
-            feature: "udp_connected",
-            reason: if with_btf {
-                "the ebpf method has no BPF timers: a connected UDP socket is reported \
+                feature: "udp_connected",
+                reason: if with_btf {
+                    "the ebpf method has no BPF timers: a connected UDP socket is reported \
                  when it is closed, not when it connects"
-                    .into()
-            } else {
-                "no usable BTF and no BPF timers: a connected UDP socket is reported when \
+                        .into()
+                } else {
+                    "no usable BTF and no BPF timers: a connected UDP socket is reported when \
                  it is closed, without its local address and port (0)"
-                    .into()
-            },
-        });
+                        .into()
+                },
+            });
         }
         if btf_programs.is_none() {
             degraded.push(Degraded {

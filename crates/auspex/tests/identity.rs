@@ -224,7 +224,7 @@ fn events_tcp_reports_connections_and_no_exec() {
         let programs = attached(&agent);
         let expected: &[&str] = match method {
             "core_bpf" => &["handle_tcp_state"],
-            "ebpf" => &["legacy_tcp_state"],
+            "ebpf" => &["legacy_tcp_state_btf"],
             _ => &[],
         };
         assert_eq!(programs, expected, "{method}");

@@ -69,7 +69,12 @@ fn backticked(text: &str) -> Vec<String> {
 
 /// Whether `value` is of the documented JSON type.
 fn has_type(value: &Value, json_type: &str) -> bool {
+    // "integer or `null`": any of them.
+    if json_type.contains(" or ") {
+        return json_type.split(" or ").any(|t| has_type(value, t.trim()));
+    }
     match json_type {
+        "`null`" => value.is_null(),
         "string" => value.is_string(),
         "integer" => value.is_u64() || value.is_i64(),
         "object" => value.is_object(),
