@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod cpu_per_event;
 mod slow_proc;
 mod workload;
 
@@ -52,6 +53,9 @@ enum Bench {
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
+    /// The agent's CPU per event it reports, per method and workload
+    /// (workload on CPU 0, agent on CPU 1).
+    CpuPerEvent(cpu_per_event::CpuArgs),
     /// In-kernel time per BPF program (kernel.bpf_stats_enabled).
     KernelCost {
         #[arg(long, default_value_t = 2000)]
@@ -478,6 +482,7 @@ fn main() -> anyhow::Result<()> {
             reps,
             baseline,
         } => completeness(&args.agent, baseline.as_deref(), *count, *reps)?,
+        Bench::CpuPerEvent(a) => cpu_per_event::cpu_per_event(&args.agent, a)?,
         Bench::KernelCost { count } => kernel_cost(&args.agent, *count)?,
         Bench::ProcScan { reps } => proc_scan(*reps)?,
         Bench::SlowProc(a) => slow_proc::slow_proc(&args.agent, a)?,
