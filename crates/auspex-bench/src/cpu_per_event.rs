@@ -36,7 +36,12 @@ pub struct CpuArgs {
     pub seconds: f64,
     #[arg(long, value_delimiter = ',', default_value = "core_bpf,ebpf")]
     pub methods: Vec<String>,
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,fork-exec")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tcp,fork-exec"
+    )]
     pub modes: Vec<Mode>,
     /// Another agent binary (main's build, say), run alternately with
     /// --agent in the same reps.
