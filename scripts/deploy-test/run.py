@@ -56,7 +56,9 @@ KUBE_OLDEST = "1.25.0"
 KUBE_NEWEST = kubernetes_validate.utils.latest_version()
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 # The agent's options the chart sets from its own values (not in `config`).
-CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log"}
+CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log",
+               "http_tls_cert", "http_tls_key", "http_tls_client_ca", "http_insecure",
+               "grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca", "grpc_insecure"}
 
 # What the test machine needs from podman, whatever the manifest says
 # (docs/deploy.md, "How it is tested"): crun refuses its hybrid cgroup layout
@@ -202,6 +204,8 @@ def chart_checks(c: Checks) -> None:
             "extraEnv": [{"name": "RUST_LOG", "value": "auspex=debug"}],
             "priorityClassName": "system-node-critical",
         }),
+        ("tls", {"grpc": {"enabled": True}, "serviceMonitor": {"enabled": True},
+                 "tls": {"secretName": "auspex-tls", "grpcClientCA": True}}),
     ]
     rendered = {}
     for label, values in cases:
@@ -263,6 +267,20 @@ def chart_checks(c: Checks) -> None:
                 problems.append(f"grpc service ports {ports}, grpc_listen {cfg['grpc_listen']}")
         elif cfg.get("grpc_listen") != "off":
             problems.append(f"grpc_listen {cfg.get('grpc_listen')}")
+        tls = values.get("tls", {})
+        if tls.get("secretName"):
+            want = {"http_tls_cert": "/etc/auspex/tls/tls.crt", "http_tls_key": "/etc/auspex/tls/tls.key",
+                    "grpc_tls_cert": "/etc/auspex/tls/tls.crt", "grpc_tls_key": "/etc/auspex/tls/tls.key",
+                    "grpc_tls_client_ca": "/etc/auspex/tls/ca.crt"}
+            got = {k: cfg.get(k) for k in want}
+            secret = next((v for v in spec["volumes"] if v["name"] == "tls"), {}).get("secret", {})
+            schemes = {container[p]["httpGet"].get("scheme") for p in ("readinessProbe", "livenessProbe")}
+            if got != want or "http_insecure" in cfg or secret.get("secretName") != tls["secretName"] \
+                    or "/etc/auspex/tls" not in mounts or schemes != {"HTTPS"} \
+                    or find(docs, "ServiceMonitor")["spec"]["endpoints"][0].get("scheme") != "https":
+                problems.append(f"tls: config {got}, secret {secret}, probe schemes {schemes}")
+        elif cfg.get("http_insecure") is not True or cfg.get("grpc_insecure") is not True:
+            problems.append("without tls.secretName the chart's 0.0.0.0 must be http_insecure/grpc_insecure")
         c.check(not problems, f"{label}: renders as the values say", "\n".join(problems))
         validate_all(c, label, docs)
 
