@@ -5,6 +5,8 @@ apt runs with a private configuration (its own sources list, lists, status
 and archive directories) so the machine's apt sources are never touched.
 """
 
+import contextlib
+import fcntl
 import gzip
 import io
 import lzma
@@ -33,6 +35,10 @@ LABELS = list(DEBIAN) + [NOBTF]
 # What the initramfs needs to mount the host's root over virtio-9p. On some
 # kernels these are built in; those are simply not found among the modules.
 ROOT_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
+# What the in-guest network tests need: two network namespaces joined by a
+# veth pair. Loaded like the 9p modules, from the same kernel package.
+NET_MODULES = ["veth"]
+GUEST_MODULES = ROOT_MODULES + NET_MODULES
 
 
 def log(msg):
@@ -134,6 +140,15 @@ def cache_dir() -> Path:
     return d
 
 
+@contextlib.contextmanager
+def cache_lock():
+    """Held while kernels are fetched or built: several checkouts on one
+    machine share the cache, and two builds in one directory break both."""
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_debian(label) -> Path:
     """Fetches the newest kernel of `label` (when it changed) and unpacks
     what booting needs into cache/<label>: vmlinux (ELF), the modules for
@@ -151,7 +166,9 @@ def fetch_debian(label) -> Path:
         return cached_when_offline(out, e)
     # 7.x splits the image package into binary, modules and base packages.
     extra = [d for d in depends(image_meta) if re.match(r"linux-(binary|modules)-", d)]
-    stamp = f"{image} {meta['Version']}"
+    # The module list is part of the stamp: a cache holding fewer modules
+    # than the guests now load is fetched again.
+    stamp = f"{image} {meta['Version']} modules={','.join(GUEST_MODULES)}"
     if is_cached(out, stamp):
         return out
     log(f"{label}: fetching {stamp}")
@@ -228,11 +245,13 @@ def copy_root_modules(moddir: Path, into: Path):
             add(dep)
         order.append(name)
 
-    for name in ROOT_MODULES:
+    for name in GUEST_MODULES:
         add(name)
     builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").exists() else ""
     if "9p" not in order and "/9p.ko" not in builtin:
         raise RuntimeError(f"no 9p module in {moddir}: the guest could not mount the host's root")
+    if "veth" not in order and "/veth.ko" not in builtin:
+        raise RuntimeError(f"no veth module in {moddir}: the guest could not join two namespaces")
     (into / "load-order").write_text("\n".join(order) + "\n")
 
 

@@ -43,7 +43,7 @@ def prepare(labels):
     """Fetches the Debian kernels while the BTF-less one builds. Returns
     {label: kernel dir or the exception that stopped it}."""
     out = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with kernels.cache_lock(), concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         build = pool.submit(kernels.build_nobtf) if kernels.NOBTF in labels else None
         for label in labels:
             if label != kernels.NOBTF:
@@ -93,17 +93,18 @@ echo "kernel-matrix: guest {label}: $(uname -r)"
 {agent} check --json > /run/km/check.json
 echo "kernel-matrix: auspex check exited $?"
 AUSPEX_EXPECT_METHOD={expected_method(label)} AUSPEX_TEST_TIME_SCALE={TIME_SCALE} \\
-AUSPEX_TEST_STATUS_FILE=/run/km/status.json {tests} --test-threads=1
+AUSPEX_TEST_STATUS_FILE=/run/km/status.json AUSPEX_TEST_CELLS=/run/km/cells.jsonl \\
+{tests} --test-threads=1
 """
 
 
 def run_kernel(label, kernel, agent, tests, dirs, timeout):
     results = RESULTS / label
-    for f in ("check.json", "status.json", "console.log"):
+    for f in ("check.json", "status.json", "console.log", "cells.jsonl"):
         (results / f).unlink(missing_ok=True)
     row = {"kernel": label, "expected": expected_method(label), "release": "",
            "btf": "?", "ring_buffer": "?", "lacks": [], "method": "-", "degraded": [],
-           "result": "failed", "seconds": 0.0, "why": ""}
+           "result": "failed", "seconds": 0.0, "why": "", "cells": {}}
     if isinstance(kernel, Exception):
         row["why"] = f"kernel not available: {kernel}"
         return row, ""
@@ -121,11 +122,56 @@ def run_kernel(label, kernel, agent, tests, dirs, timeout):
     if status:
         row["method"] = status.get("method") or "-"
         row["degraded"] = [d["feature"] for d in status.get("degraded", [])]
+    row["cells"] = read_cells(results / "cells.jsonl")
     if boot.status == 0:
         row["result"] = "passed"
     else:
         row["why"] = "guest did not finish" if boot.status is None else f"tests exited {boot.status}"
     return row, boot.console
+
+
+# The columns of the table by event type, as tests/any_kernel/cells.rs names them.
+METHODS = ["core_bpf", "ebpf", "proc"]
+EVENTS = ["exec", "fork", "exit", "tcp", "udp", "endpoint", "netns", "container_id"]
+
+
+def read_cells(path: Path):
+    """{"method event": (result, why)} from the tests' AUSPEX_TEST_CELLS file."""
+    cells = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return cells
+    for line in lines:
+        try:
+            c = json.loads(line)
+        except ValueError:
+            continue
+        cells[f"{c['method']} {c['event']}"] = (c["result"], c.get("why", ""))
+    return cells
+
+
+def cell_table(rows):
+    """kernel x method x event type. A cell no test wrote is failed (not
+    run), so the table has no empty cell; reasons are numbered notes."""
+    notes = []
+    head = ["kernel", "method", *EVENTS]
+    lines = [head, ["---"] * len(head)]
+    for r in rows:
+        for method in METHODS:
+            cells = []
+            for event in EVENTS:
+                result, why = r["cells"].get(f"{method} {event}", ("failed", "not run"))
+                if result == "passed":
+                    cells.append("passed")
+                    continue
+                if why not in notes:
+                    notes.append(why)
+                cells.append(f"{result} [{notes.index(why) + 1}]")
+            lines.append([r["kernel"], method, *cells])
+    table = "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+    legend = "\n".join(f"{i + 1}. {why}" for i, why in enumerate(notes))
+    return table + ("\n\n" + legend if legend else "")
 
 
 def read_json(path: Path):
@@ -170,24 +216,27 @@ def cmd_run(args):
                       f"---- end of {label} ----", flush=True)
     ordered = [rows[label] for label in labels]
     report = table(ordered)
+    cells = cell_table(ordered)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "matrix.md").write_text(report + "\n")
+    (RESULTS / "matrix.md").write_text(report + "\n\n" + cells + "\n")
     (RESULTS / "matrix.json").write_text(json.dumps(ordered, indent=2) + "\n")
     if args.write_docs:
-        write_docs(Path(args.write_docs), report)
+        write_docs(Path(args.write_docs), report, "matrix")
+        write_docs(Path(args.write_docs), cells, "cells")
     passed = sum(r["result"] == "passed" for r in ordered)
     print(report)
+    print(cells)
     print(f"kernel matrix: {passed} passed, {len(ordered) - passed} failed "
           f"({time.monotonic() - start:.0f} s)")
     return 0 if passed == len(ordered) else 1
 
 
-def write_docs(doc: Path, report: str):
-    """Replaces the table between the matrix markers of `doc`."""
+def write_docs(doc: Path, report: str, marker: str):
+    """Replaces the text between the `marker` markers of `doc`."""
     text = doc.read_text()
-    start = text.index("<!-- matrix:start")
+    start = text.index(f"<!-- {marker}:start")
     start = text.index("\n", start) + 1
-    end = text.index("<!-- matrix:end -->")
+    end = text.index(f"<!-- {marker}:end -->")
     doc.write_text(text[:start] + report + "\n" + text[end:])
 
 

@@ -375,7 +375,7 @@ mod tests {
             role: None,
             local: addr,
             remote: addr,
-            netns: 1,
+            netns: Some(1),
             sock_id: SockId(1),
             process: Some(process(pid, 1, cgroup_id)),
         }))

@@ -149,8 +149,10 @@ pub struct Connection {
     pub role: Option<Role>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    /// Inode number of the network namespace (as in /proc/<pid>/ns/net).
-    pub netns: u32,
+    /// Inode number of the network namespace (as in /proc/<pid>/ns/net);
+    /// `null` where the method cannot know it (the ebpf method without
+    /// any BTF), never a made-up number.
+    pub netns: Option<u32>,
     pub sock_id: SockId,
     /// The process that owns the socket; absent when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,7 +163,8 @@ pub struct Connection {
 pub struct Endpoint {
     pub protocol: Protocol,
     pub local: SocketAddr,
-    pub netns: u32,
+    /// As in `Connection`.
+    pub netns: Option<u32>,
     pub sock_id: SockId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -418,7 +421,7 @@ mod tests {
                     ip: "::1".parse().unwrap(),
                     port: 80,
                 },
-                netns: 4026531840,
+                netns: Some(4026531840),
                 sock_id: SockId(0xabc),
                 process: None,
             }),

@@ -6,7 +6,9 @@
  * layouts have been stable for years; the structs below copy them) and
  * helpers about the current task. What that cannot tell stays empty:
  * the parent pid of an exec, the argument vector (userspace reads it from
- * /proc), a resolved executable path, network namespaces, UDP.
+ * /proc), a resolved executable path, network namespaces, the local
+ * address of a connected UDP socket. UDP comes from the cgroup socket
+ * hooks of lib/udp.h, whose contexts are stable UAPI.
  *
  * Its one syscall tracepoint, exit_group for exit codes, puts every task
  * on the syscall-tracing slow path: the price of this method.
@@ -20,7 +22,7 @@
 #include "lib/owners.h"
 #include "lib/perf_output.h"
 #include "lib/scratch.h"
-#include "lib/tcp_state.h"
+#include "lib/legacy_tcp.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -54,20 +56,6 @@ struct tp_sys_enter_exit_group {
 	__u64 error_code;
 };
 
-struct tp_inet_sock_set_state {
-	__u64 common;
-	__u64 skaddr;
-	__s32 oldstate;
-	__s32 newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
 
 /* The current task, as far as helpers tell (no parent). */
 static __always_inline void current_task(struct task_info *info)
@@ -178,60 +166,29 @@ int legacy_exit(void *ctx)
 	return 0;
 }
 
-/* TCP: the state machine of lib/tcp_state.h over the tracepoint's
- * arguments, which describe the socket without reading it. */
-struct tcp_view {
-	struct tp_inet_sock_set_state *args;
-};
-
-static __always_inline struct listener_key tcp_listener_of(const struct tcp_view *v)
+/* TCP: lib/legacy_tcp.h, without the network namespace (keyed by port and
+ * family alone), which only the kernel socket tells. */
+static __always_inline __u32 legacy_netns(__u64 skaddr)
 {
-	/* No network namespace without BTF: keyed by port and family. */
-	struct listener_key key = { .port = v->args->sport, .family = v->args->family };
-
-	return key;
-}
-
-static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 role,
-				     const struct task_info *owner, __u16 local_port)
-{
-	struct tp_inet_sock_set_state *args = v->args;
-	__u32 zero = 0;
-	struct sock_event *e = bpf_map_lookup_elem(&scratch, &zero);
-
-	if (!e)
-		return;
-	e->hdr.kind = kind;
-	e->hdr.size = sizeof(*e);
-	e->hdr.boot_ns = bpf_ktime_get_boot_ns();
-	e->flags = 0;
-	set_owner(e, owner);
-	e->sock = args->skaddr;
-	e->netns = 0;
-	e->family = args->family;
-	e->protocol = args->protocol;
-	e->role = role;
-	e->local_port = local_port ? local_port : args->sport;
-	e->remote_port = args->dport;
-	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
-	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
-	if (args->family == AF_INET) {
-		__builtin_memcpy(e->local_addr, args->saddr, 4);
-		__builtin_memcpy(e->remote_addr, args->daddr, 4);
-	} else {
-		__builtin_memcpy(e->local_addr, args->saddr_v6, 16);
-		__builtin_memcpy(e->remote_addr, args->daddr_v6, 16);
-	}
-	emit(args, e, sizeof(*e), AUSPEX_DROP_RINGBUF_NET);
+	return 0;
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int legacy_tcp_state(struct tp_inet_sock_set_state *ctx)
 {
-	struct tcp_view v = { .args = ctx };
-
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
-	tcp_state_change(&v, ctx->skaddr, ctx->oldstate, ctx->newstate);
-	return 0;
+	return legacy_tcp(ctx);
 }
+
+/* UDP: lib/udp.h, without CO-RE. What only the kernel socket tells is
+ * absent: the network namespace, and the local address of a connected
+ * socket (reported at release, where the hook cannot read its source). */
+static __always_inline void udp_output(void *ctx, struct sock_event *e)
+{
+	emit(ctx, e, sizeof(*e), AUSPEX_DROP_RINGBUF_NET);
+}
+
+static __always_inline void udp_read_sock(struct sock_event *e, struct sock *sk)
+{
+}
+
+#include "lib/udp.h"

@@ -4,9 +4,11 @@
  * kernel's, or a --btf file): the same classic tracepoints as legacy.bpf.c,
  * but reading the current task with CO-RE, so exec events carry the
  * resolved executable, the arguments and the parent, and exits their exact
- * status without the exit_group syscall tracepoint. A separate object:
- * libbpf refuses any object with CO-RE relocations when no BTF is at hand.
- * It shares the legacy object's maps (userspace passes their fds).
+ * status without the exit_group syscall tracepoint, and TCP and UDP events
+ * their network namespace (and a connected UDP socket its local address).
+ * A separate object: libbpf refuses any object with CO-RE relocations when
+ * no BTF is at hand. It shares the legacy object's maps (userspace passes
+ * their fds).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -19,6 +21,7 @@
 #include "lib/task.h"
 #include "lib/exec.h"
 #include "lib/exit_once.h"
+#include "lib/legacy_tcp.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -55,3 +58,32 @@ int legacy_exit_btf(void *ctx)
 	emit(ctx, &e, sizeof(e), AUSPEX_DROP_RINGBUF_EXIT);
 	return 0;
 }
+
+/* The calling task, with its parent (the helpers alone do not tell it). */
+static __always_inline void current_task(struct task_info *info)
+{
+	fill_task(info, (struct task_struct *)bpf_get_current_task(), UNTRUSTED);
+}
+
+/* TCP: lib/legacy_tcp.h with the socket's network namespace. */
+static __always_inline __u32 legacy_netns(__u64 skaddr)
+{
+	struct sock *sk = (struct sock *)skaddr;
+
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int legacy_tcp_state_btf(struct tp_inet_sock_set_state *ctx)
+{
+	return legacy_tcp(ctx);
+}
+
+/* UDP: lib/udp.h with CO-RE reads of the kernel socket. */
+static __always_inline void udp_output(void *ctx, struct sock_event *e)
+{
+	emit(ctx, e, sizeof(*e), AUSPEX_DROP_RINGBUF_NET);
+}
+
+#include "lib/udp.h"
+#include "lib/udp_core.h"

@@ -20,56 +20,10 @@
 #include "lib/task.h"
 #include "lib/tcp_state.h"
 
+/* This probe's UDP state keeps a BPF timer (see lib/udp.h). */
+#define AUSPEX_UDP_TIMER
+
 char LICENSE[] SEC("license") = "GPL";
-
-enum udp_sock_flags {
-	/* bind() asked for a specific port: a server's socket. */
-	UDP_WANTS_ENDPOINT = 1,
-	/* connect() was called; the open is reported once the kernel has
-	 * given the socket its local port, right after the hook returns. */
-	UDP_CONNECT_PENDING = 2,
-};
-
-struct udp_sock_state {
-	struct task_info owner;
-	/* Distinguishes this socket's flows from those of an earlier socket
-	 * at the same address. */
-	__u64 gen;
-	__u32 flags;
-	__u32 tries;
-	/* The peer of the last datagram, already reported: repeated datagrams
-	 * to or from one peer, the common case, stop here, before the shared
-	 * (socket, peer) map. */
-	__u8 last_addr[16];
-	__u16 last_port;
-	__u16 last_family;
-	__u32 _pad;
-	struct bpf_timer timer;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct udp_sock_state);
-} udp_socks SEC(".maps");
-
-struct udp_flow_key {
-	__u64 gen;
-	__u8 addr[16];
-	__u16 port;
-	__u16 family;
-	__u32 _pad;
-};
-
-/* (socket, peer) pairs already reported: one open per pair, not one event
- * per datagram. LRU: a forgotten pair is reported again, never lost. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct udp_flow_key);
-	__type(value, __u8);
-} udp_flows SEC(".maps");
 
 static __always_inline void fill_sock(struct sock_event *e, struct sock *sk, __u32 kind,
 				      __u8 role, bool trusted)
@@ -164,148 +118,19 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 }
 
 /*
- * The kernel socket behind a cgroup hook's bpf_sock, as a plain pointer for
- * CO-RE reads. The verifier forbids arithmetic on socket pointers, and
- * every field read is arithmetic; copying the pointer through a helper
- * makes it an ordinary number (allowed to privileged loaders).
+ * UDP: the cgroup socket hooks of lib/udp.h, with CO-RE reads of the
+ * kernel socket, and connected UDP reported from a BPF timer right after
+ * connect() where the kernel has timers (5.15+; userspace loads the
+ * *_late hooks of lib/udp.h instead where it has not).
  */
-static __always_inline struct sock *kernel_sock(struct bpf_sock *bsk)
+static __always_inline void udp_output(void *ctx, struct sock_event *e)
 {
-	struct bpf_sock *slot = bsk;
-	__u64 address = 0;
-
-	bpf_probe_read_kernel(&address, sizeof(address), &slot);
-	return (struct sock *)address;
-}
-
-/*
- * UDP. A UDP socket's state is its entry in udp_socks, created the first
- * time a process-context hook sees it (so the owner is the process that
- * used it first) and deleted when it is released.
- */
-static __always_inline struct udp_sock_state *udp_state(struct sock *sk)
-{
-	__u64 key = (__u64)sk;
-	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
-
-	if (st)
-		return st;
-
-	struct udp_sock_state fresh = {};
-
-	current_task(&fresh.owner);
-	fresh.gen = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&udp_socks, &key, &fresh, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&udp_socks, &key)) {
-		count(AUSPEX_DROP_UDP_SOCKS_FULL);
-		return NULL;
-	}
-	return bpf_map_lookup_elem(&udp_socks, &key);
-}
-
-/* `family` is the hook's (a constant): a v4 hook may not even read the
- * v6 fields of its context. */
-static __always_inline void flow_key_of(struct udp_flow_key *fk, struct bpf_sock_addr *ctx,
-					__u64 gen, __u16 family)
-{
-	__builtin_memset(fk, 0, sizeof(*fk));
-	fk->gen = gen;
-	fk->port = bpf_ntohs(ctx->user_port);
-	fk->family = family;
-	if (family == AF_INET) {
-		__u32 ip = ctx->user_ip4;
-
-		__builtin_memcpy(fk->addr, &ip, 4);
-	} else {
-		__u32 ip6[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
-				 ctx->user_ip6[3] };
-
-		__builtin_memcpy(fk->addr, ip6, 16);
-	}
-}
-
-/* The UDP socket of an address hook, its state, and the (socket, peer)
- * key of the address in the call; NULL for other sockets. */
-static __always_inline struct udp_sock_state *udp_hook(struct bpf_sock_addr *ctx, __u16 family,
-						       struct sock **sk, struct udp_flow_key *fk)
-{
-	struct bpf_sock *bsk = ctx->sk;
-
-	if (!bsk || bsk->protocol != IPPROTO_UDP)
-		return NULL;
-	*sk = kernel_sock(bsk);
-	struct udp_sock_state *st = udp_state(*sk);
-
-	if (st)
-		flow_key_of(fk, ctx, st->gen, family);
-	return st;
-}
-
-/* A datagram to or from a peer named in the call: report the pair once. */
-static __always_inline int udp_flow(struct bpf_sock_addr *ctx, __u8 role, __u16 family)
-{
-	struct sock *sk;
-	struct udp_flow_key fk;
-	struct udp_sock_state *st = udp_hook(ctx, family, &sk, &fk);
-	__u8 seen = 1;
-
-	if (!st)
-		return 1;
-	if (st->last_port == fk.port && st->last_family == fk.family &&
-	    !__builtin_memcmp(st->last_addr, fk.addr, sizeof(fk.addr)))
-		return 1;
-	__builtin_memcpy(st->last_addr, fk.addr, sizeof(fk.addr));
-	st->last_port = fk.port;
-	st->last_family = fk.family;
-	if (bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_NOEXIST))
-		return 1;
-
-	struct sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-	if (!e) {
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup_flag()))
 		count(AUSPEX_DROP_RINGBUF_NET);
-		return 1;
-	}
-	fill_sock(e, sk, AUSPEX_EVENT_CONNECTION_OPEN, role, UNTRUSTED);
-	/* The peer is the datagram's, not the socket's (it has none). An
-	 * IPv6 socket may talk to an IPv4 peer: write it IPv4-mapped. */
-	if (e->family == AF_INET6 && family == AF_INET) {
-		__builtin_memset(e->remote_addr, 0, 10);
-		e->remote_addr[10] = 0xff;
-		e->remote_addr[11] = 0xff;
-		__builtin_memcpy(&e->remote_addr[12], fk.addr, 4);
-	} else {
-		__builtin_memcpy(e->remote_addr, fk.addr, sizeof(e->remote_addr));
-	}
-	e->remote_port = fk.port;
-	set_owner(e, &st->owner);
-	bpf_ringbuf_submit(e, wakeup_flag());
-	return 1;
 }
 
-SEC("cgroup/sendmsg4")
-int udp_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET);
-}
-
-SEC("cgroup/sendmsg6")
-int udp_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	return udp_flow(ctx, AUSPEX_ROLE_CLIENT, AF_INET6);
-}
-
-SEC("cgroup/recvmsg4")
-int udp_recvmsg4(struct bpf_sock_addr *ctx)
-{
-	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET);
-}
-
-SEC("cgroup/recvmsg6")
-int udp_recvmsg6(struct bpf_sock_addr *ctx)
-{
-	return udp_flow(ctx, AUSPEX_ROLE_SERVER, AF_INET6);
-}
+#include "lib/udp.h"
+#include "lib/udp_core.h"
 
 /* Runs from the timer armed by connect: reports the connected socket once
  * the kernel has finished connect() and given it a local port. */
@@ -327,23 +152,14 @@ static int udp_connect_done(void *map, __u64 *key, struct udp_sock_state *st)
 	return 0;
 }
 
-/* connect() on a UDP socket makes it a connection to one peer. The hook
- * runs before the kernel binds the socket, so the open is reported from a
- * timer a moment later (or at release, whichever comes first). */
-static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
+/* The open is reported from a timer a moment later (or at release,
+ * whichever comes first). */
+static __always_inline int udp_connect(struct uapi_bpf_sock_addr *ctx, __u16 family)
 {
-	struct sock *sk;
-	struct udp_flow_key fk;
-	struct udp_sock_state *st = udp_hook(ctx, family, &sk, &fk);
-	__u8 seen = 1;
+	struct udp_sock_state *st = udp_connect_pending(ctx, family);
 
 	if (!st)
 		return 1;
-	/* Later datagrams from this peer are part of this connection. */
-	bpf_map_update_elem(&udp_flows, &fk, &seen, BPF_ANY);
-
-	st->flags |= UDP_CONNECT_PENDING;
-	st->tries = 0;
 	bpf_timer_init(&st->timer, &udp_socks, CLOCK_MONOTONIC);
 	bpf_timer_set_callback(&st->timer, udp_connect_done);
 	bpf_timer_start(&st->timer, 0, 0);
@@ -351,87 +167,13 @@ static __always_inline int udp_connect(struct bpf_sock_addr *ctx, __u16 family)
 }
 
 SEC("cgroup/connect4")
-int udp_connect4(struct bpf_sock_addr *ctx)
+int udp_connect4(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_connect(ctx, AF_INET);
 }
 
 SEC("cgroup/connect6")
-int udp_connect6(struct bpf_sock_addr *ctx)
+int udp_connect6(struct uapi_bpf_sock_addr *ctx)
 {
 	return udp_connect(ctx, AF_INET6);
-}
-
-/* bind() to a specific port marks a UDP server; post_bind reports it once
- * the bind succeeded. (post_bind alone cannot tell a requested port from an
- * ephemeral one.) */
-static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
-{
-	struct bpf_sock *bsk = ctx->sk;
-
-	if (!bsk || bsk->protocol != IPPROTO_UDP || !ctx->user_port)
-		return 1;
-	struct udp_sock_state *st = udp_state(kernel_sock(bsk));
-
-	if (st)
-		st->flags |= UDP_WANTS_ENDPOINT;
-	return 1;
-}
-
-SEC("cgroup/bind4")
-int udp_bind4(struct bpf_sock_addr *ctx)
-{
-	return udp_bind(ctx);
-}
-
-SEC("cgroup/bind6")
-int udp_bind6(struct bpf_sock_addr *ctx)
-{
-	return udp_bind(ctx);
-}
-
-static __always_inline int udp_post_bind(struct bpf_sock *bsk)
-{
-	if (bsk->protocol != IPPROTO_UDP)
-		return 1;
-	struct sock *sk = kernel_sock(bsk);
-	__u64 key = (__u64)sk;
-	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
-
-	if (st && (st->flags & UDP_WANTS_ENDPOINT))
-		emit_sock(sk, AUSPEX_EVENT_ENDPOINT_OPEN, AUSPEX_ROLE_SERVER, &st->owner, 0, UNTRUSTED);
-	return 1;
-}
-
-SEC("cgroup/post_bind4")
-int udp_post_bind4(struct bpf_sock *bsk)
-{
-	return udp_post_bind(bsk);
-}
-
-SEC("cgroup/post_bind6")
-int udp_post_bind6(struct bpf_sock *bsk)
-{
-	return udp_post_bind(bsk);
-}
-
-/* The socket is closed: report a connect still pending, then tell
- * userspace, which closes every flow and endpoint it reported for it. */
-SEC("cgroup/sock_release")
-int udp_release(struct bpf_sock *bsk)
-{
-	if (bsk->protocol != IPPROTO_UDP)
-		return 1;
-	struct sock *sk = kernel_sock(bsk);
-	__u64 key = (__u64)sk;
-	struct udp_sock_state *st = bpf_map_lookup_elem(&udp_socks, &key);
-
-	if (!st)
-		return 1;
-
-	if (st->flags & UDP_CONNECT_PENDING)
-		emit_sock(sk, AUSPEX_EVENT_CONNECTION_OPEN, AUSPEX_ROLE_CLIENT, &st->owner, 0, UNTRUSTED);
-	emit_sock(sk, AUSPEX_EVENT_UDP_RELEASE, AUSPEX_ROLE_UNKNOWN, &st->owner, 0, UNTRUSTED);
-	bpf_map_delete_elem(&udp_socks, &key);
-	return 1;
 }

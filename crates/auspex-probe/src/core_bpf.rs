@@ -13,7 +13,7 @@ use libbpf_rs::{ErrorKind, Object, ProgramType, RingBuffer, RingBufferBuilder};
 
 use crate::degraded::Degraded;
 use crate::error::{explain, ProbeError};
-use crate::inbox::Inbox;
+use crate::inbox::{Arrival, Inbox};
 use crate::loading::{load_error, retry_interrupted, Loaded};
 use crate::programs::{self, Attached, Cgroup, ProgramInfo, Row};
 use crate::skel::network::NetworkSkelBuilder;
@@ -62,6 +62,8 @@ enum Part {
     Udp,
     /// Connected UDP, reported from a BPF timer (Linux 5.15+).
     UdpConnected,
+    /// Connected UDP without timers: reported when the socket is released.
+    UdpConnectedLate,
 }
 
 const fn row(object: Obj, name: &'static str, part: Part) -> Row<Obj, Part> {
@@ -69,7 +71,7 @@ const fn row(object: Obj, name: &'static str, part: Part) -> Row<Obj, Part> {
 }
 
 /// Every program of the method, in the order they are attached.
-const PROGRAMS: [Row<Obj, Part>; 15] = [
+const PROGRAMS: [Row<Obj, Part>; 17] = [
     row(Obj::Process, "handle_exec", Part::Always),
     row(Obj::Process, "handle_fork", Part::Always),
     row(Obj::Process, "handle_exit", Part::Always),
@@ -85,6 +87,8 @@ const PROGRAMS: [Row<Obj, Part>; 15] = [
     row(Obj::Network, "udp_release", Part::Udp),
     row(Obj::Network, "udp_connect4", Part::UdpConnected),
     row(Obj::Network, "udp_connect6", Part::UdpConnected),
+    row(Obj::Network, "udp_connect4_late", Part::UdpConnectedLate),
+    row(Obj::Network, "udp_connect6_late", Part::UdpConnectedLate),
 ];
 
 /// The loaded and attached core_bpf probes. Dropping it detaches and
@@ -138,35 +142,40 @@ impl CoreBpf {
         if !timers {
             degraded.push(Degraded {
                 feature: "udp_connected",
-                reason: "BPF timers are not supported (Linux 5.15+): connected UDP sockets \
-                         are not reported"
+                reason: "BPF timers are not supported (Linux 5.15+): a connected UDP socket \
+                         is reported when it is closed, not when it connects"
                     .into(),
             });
         }
-        let network = Loaded::<Network>::open(
-            "network",
-            NetworkSkelBuilder::default(),
-            custom_btf.as_deref(),
-            |open| {
-                // One ring buffer and one set of counters for all probes.
-                let shared = &process.get().maps;
-                open.maps
-                    .events
-                    .reuse_fd(shared.events.as_fd())
-                    .map_err(load_error("network"))?;
-                open.maps
-                    .counters
-                    .reuse_fd(shared.counters.as_fd())
-                    .map_err(load_error("network"))?;
-                if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-                    rodata.wakeup_bytes = wakeup_bytes;
-                }
-                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Network, |p| {
-                    timers || *p != Part::UdpConnected
-                });
-                Ok(())
-            },
-        )?;
+        let network =
+            Loaded::<Network>::open(
+                "network",
+                NetworkSkelBuilder::default(),
+                custom_btf.as_deref(),
+                |open| {
+                    // One ring buffer and one set of counters for all probes.
+                    let shared = &process.get().maps;
+                    open.maps
+                        .events
+                        .reuse_fd(shared.events.as_fd())
+                        .map_err(load_error("network"))?;
+                    open.maps
+                        .counters
+                        .reuse_fd(shared.counters.as_fd())
+                        .map_err(load_error("network"))?;
+                    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                        rodata.wakeup_bytes = wakeup_bytes;
+                    }
+                    programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Network, |p| {
+                        match p {
+                            Part::UdpConnected => timers,
+                            Part::UdpConnectedLate => !timers,
+                            _ => true,
+                        }
+                    });
+                    Ok(())
+                },
+            )?;
 
         let object = |o: Obj| match o {
             Obj::Process => process.get().object(),
@@ -185,7 +194,7 @@ impl CoreBpf {
             }),
         }
 
-        let inbox = Inbox::shared();
+        let inbox = Inbox::shared(Arrival::InOrder);
         let ring = {
             let inbox = Rc::clone(&inbox);
             let mut builder = RingBufferBuilder::new();
@@ -314,7 +323,8 @@ impl CoreBpf {
 }
 
 /// Attaches the UDP hooks to the root of the cgroup v2 hierarchy, so they
-/// see every socket on the host; the connected-UDP ones only with `timers`.
+/// see every socket on the host; the connected-UDP ones with a timer only
+/// with `timers`, those that wait for release only without.
 /// All or none (see `Part::Udp`).
 fn attach_udp<'a>(
     object: &impl Fn(Obj) -> &'a Object,
@@ -325,7 +335,12 @@ fn attach_udp<'a>(
     let root = Cgroup::open(root)?;
     PROGRAMS
         .iter()
-        .filter(|r| r.part == Part::Udp || (timers && r.part == Part::UdpConnected))
+        .filter(|r| match r.part {
+            Part::Udp => true,
+            Part::UdpConnected => timers,
+            Part::UdpConnectedLate => !timers,
+            Part::Always => false,
+        })
         .map(|r| programs::attach(object(r.object), r.name, Some(&root)).map_err(|e| e.to_string()))
         .collect()
 }

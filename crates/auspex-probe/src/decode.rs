@@ -193,7 +193,7 @@ struct Sock {
     role: Option<Role>,
     local: SocketAddr,
     remote: SocketAddr,
-    netns: u32,
+    netns: Option<u32>,
     sock_id: SockId,
     process: Option<Process>,
 }
@@ -225,7 +225,10 @@ impl Sock {
                 ip: ip(e.family, &e.remote_addr)?,
                 port: e.remote_port,
             },
-            netns: e.netns,
+            // 0 is what a probe without BTF sends: it cannot read the
+            // namespace. No namespace has inode 0 (the kernel numbers them
+            // from 0xF0000000, PROC_DYNAMIC_FIRST).
+            netns: (e.netns != 0).then_some(e.netns),
             sock_id: context.sock_id(e.sock),
             process: owner_known.then(|| process(&e.hdr.task)),
         })
@@ -555,7 +558,7 @@ mod tests {
                 port: 40000
             }
         );
-        assert_eq!(c.netns, 4026531840);
+        assert_eq!(c.netns, Some(4026531840));
         assert_eq!(c.process.unwrap().pid, 10);
         // The id is stable for one socket and hides the kernel address.
         let EventKind::ConnectionOpen(again) = event(&record, &ctx).unwrap().kind else {

@@ -15,38 +15,71 @@ use crate::udp_sockets::UdpSockets;
 /// UDP sockets whose opens are remembered until they are released.
 const UDP_SOCKETS_TRACKED: usize = 65536;
 
+/// How the records of one read arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// In the order they were written (one ring buffer).
+    InOrder,
+    /// In order per CPU, one CPU's buffer after another (a perf event
+    /// array): a socket's release on one CPU can be read before its open
+    /// on another (the legacy UDP test lost an endpoint's close that way).
+    PerCpu,
+}
+
 pub(crate) struct Inbox {
     decoder: Decoder,
     udp: UdpSockets,
+    arrival: Arrival,
+    /// The records of the current read, for `PerCpu` arrival.
+    batch: Vec<Decoded>,
     events: VecDeque<Event>,
 }
 
 impl Inbox {
     /// An empty inbox, shared between a probe and its reader's callback.
-    pub(crate) fn shared() -> Rc<RefCell<Inbox>> {
+    pub(crate) fn shared(arrival: Arrival) -> Rc<RefCell<Inbox>> {
         Rc::new(RefCell::new(Inbox {
             decoder: Decoder::new(Context::new(BootClock::now())),
             udp: UdpSockets::new(UDP_SOCKETS_TRACKED),
+            arrival,
+            batch: Vec::new(),
             events: VecDeque::new(),
         }))
     }
 
     /// Takes one record from the kernel.
     pub(crate) fn take(&mut self, record: &[u8]) {
-        match self.decoder.decode(record) {
-            Some(Decoded::Event(event)) => {
-                self.udp.observe(&event);
-                self.events.push_back(*event);
-            }
-            Some(Decoded::UdpReleased { time, sock_id }) => {
-                self.events.extend(self.udp.release(sock_id, time));
-            }
-            None => {}
+        let Some(decoded) = self.decoder.decode(record) else {
+            return;
+        };
+        match self.arrival {
+            Arrival::InOrder => self.apply(decoded),
+            Arrival::PerCpu => self.batch.push(decoded),
         }
     }
 
-    /// Hands every waiting event over; returns how many.
+    fn apply(&mut self, decoded: Decoded) {
+        match decoded {
+            Decoded::Event(event) => {
+                self.udp.observe(&event);
+                self.events.push_back(*event);
+            }
+            Decoded::UdpReleased { time, sock_id } => {
+                self.events.extend(self.udp.release(sock_id, time));
+            }
+        }
+    }
+
+    /// Hands every waiting event over; returns how many. Called once the
+    /// reader has read every CPU's buffer: a read's records, merged by
+    /// time, are then in the order they were written.
     pub(crate) fn deliver(&mut self, on_event: &mut dyn FnMut(Event)) -> usize {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.sort_by_key(|d| match d {
+            Decoded::Event(e) => e.time,
+            Decoded::UdpReleased { time, .. } => *time,
+        });
+        batch.into_iter().for_each(|d| self.apply(d));
         let events = std::mem::take(&mut self.events);
         let n = events.len();
         events.into_iter().for_each(on_event);

@@ -14,7 +14,7 @@ use libbpf_rs::skel::{OpenSkel, Skel};
 use crate::decode::trim_perf_padding;
 use crate::degraded::Degraded;
 use crate::error::ProbeError;
-use crate::inbox::Inbox;
+use crate::inbox::{Arrival, Inbox};
 use crate::loading::{load_error, retry_interrupted, Loaded};
 use crate::perf_reader::BatchedPerf;
 use crate::programs::{self, Attached, ProgramInfo, Row};
@@ -55,23 +55,72 @@ impl Variant {
     }
 }
 
-const fn row(object: Obj, name: &'static str, variant: Variant) -> Row<Obj, Variant> {
+/// What a program needs: the variant of the probe that runs it, and for the
+/// UDP socket hooks a cgroup v2 root to attach to (all or none, as in
+/// core_bpf: a partial set would report flows it can never close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    variant: Variant,
+    udp: bool,
+}
+
+const fn row(object: Obj, name: &'static str, variant: Variant) -> Row<Obj, Part> {
     Row {
         object,
         name,
-        part: variant,
+        part: Part {
+            variant,
+            udp: false,
+        },
+    }
+}
+
+/// A UDP hook of bpf/lib/udp.h, which both objects hold (without and with
+/// CO-RE reads of the kernel socket).
+const fn udp(object: Obj, name: &'static str) -> Row<Obj, Part> {
+    let variant = match object {
+        Obj::Legacy => Variant::WithoutBtf,
+        Obj::LegacyBtf => Variant::WithBtf,
+    };
+    Row {
+        object,
+        name,
+        part: Part { variant, udp: true },
     }
 }
 
 /// Every program of the method, in the order they are attached.
-const PROGRAMS: [Row<Obj, Variant>; 7] = [
+const PROGRAMS: [Row<Obj, Part>; 30] = [
     row(Obj::Legacy, "legacy_fork", Variant::Both),
-    row(Obj::Legacy, "legacy_tcp_state", Variant::Both),
+    row(Obj::Legacy, "legacy_tcp_state", Variant::WithoutBtf),
     row(Obj::Legacy, "legacy_exec", Variant::WithoutBtf),
     row(Obj::Legacy, "legacy_exit", Variant::WithoutBtf),
     row(Obj::Legacy, "legacy_exit_group", Variant::WithoutBtf),
     row(Obj::LegacyBtf, "legacy_exec_btf", Variant::WithBtf),
     row(Obj::LegacyBtf, "legacy_exit_btf", Variant::WithBtf),
+    row(Obj::LegacyBtf, "legacy_tcp_state_btf", Variant::WithBtf),
+    udp(Obj::Legacy, "udp_sendmsg4"),
+    udp(Obj::Legacy, "udp_sendmsg6"),
+    udp(Obj::Legacy, "udp_recvmsg4"),
+    udp(Obj::Legacy, "udp_recvmsg6"),
+    udp(Obj::Legacy, "udp_bind4"),
+    udp(Obj::Legacy, "udp_bind6"),
+    udp(Obj::Legacy, "udp_post_bind4"),
+    udp(Obj::Legacy, "udp_post_bind6"),
+    udp(Obj::Legacy, "udp_release"),
+    udp(Obj::Legacy, "udp_connect4_late"),
+    udp(Obj::Legacy, "udp_connect6_late"),
+    udp(Obj::LegacyBtf, "udp_sendmsg4"),
+    udp(Obj::LegacyBtf, "udp_sendmsg6"),
+    udp(Obj::LegacyBtf, "udp_recvmsg4"),
+    udp(Obj::LegacyBtf, "udp_recvmsg6"),
+    udp(Obj::LegacyBtf, "udp_bind4"),
+    udp(Obj::LegacyBtf, "udp_bind6"),
+    udp(Obj::LegacyBtf, "udp_post_bind4"),
+    udp(Obj::LegacyBtf, "udp_post_bind6"),
+    udp(Obj::LegacyBtf, "udp_release"),
+    udp(Obj::LegacyBtf, "udp_connect4_late"),
+    udp(Obj::LegacyBtf, "udp_connect6_late"),
 ];
 
 /// The loaded and attached legacy probes. Dropping it detaches and unloads
@@ -126,8 +175,8 @@ impl LegacyBpf {
         let legacy =
             Loaded::<Legacy>::open("legacy", LegacySkelBuilder::default(), None, |open| {
                 // The CO-RE twins, if loaded, replace some programs.
-                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |v| {
-                    v.runs(with_btf)
+                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |p| {
+                    p.variant.runs(with_btf)
                 });
                 Ok(())
             })?;
@@ -136,20 +185,27 @@ impl LegacyBpf {
             None => None,
         };
 
-        let attached = PROGRAMS
+        let object = |o: Obj| match (o, &btf_programs) {
+            (Obj::Legacy, _) => legacy.get().object(),
+            (Obj::LegacyBtf, Some(b)) => b.get().object(),
+            (Obj::LegacyBtf, None) => unreachable!("CO-RE programs run only with BTF"),
+        };
+        let runs = |p: &Part| p.variant.runs(with_btf);
+        let mut attached = PROGRAMS
             .iter()
-            .filter(|r| r.part.runs(with_btf))
-            .map(|r| {
-                let object = match (r.object, &btf_programs) {
-                    (Obj::Legacy, _) => legacy.get().object(),
-                    (Obj::LegacyBtf, Some(b)) => b.get().object(),
-                    (Obj::LegacyBtf, None) => unreachable!("CO-RE programs run only with BTF"),
-                };
-                programs::attach(object, r.name, None)
-            })
+            .filter(|r| runs(&r.part) && !r.part.udp)
+            .map(|r| programs::attach(object(r.object), r.name, None))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut degraded = Vec::new();
+        match attach_udp(&object, &runs) {
+            Ok(udp) => attached.extend(udp),
+            Err(reason) => degraded.push(Degraded {
+                feature: "udp",
+                reason,
+            }),
+        }
 
-        let inbox = Inbox::shared();
+        let inbox = Inbox::shared(Arrival::PerCpu);
         let perf = {
             let inbox = Rc::clone(&inbox);
             BatchedPerf::new(
@@ -165,16 +221,32 @@ impl LegacyBpf {
                 reason: format!("opening the perf buffer failed: {e}"),
             })?
         };
-        let mut degraded = vec![Degraded {
-            feature: "udp",
-            reason: "the ebpf method does not report UDP yet".into(),
-        }];
+        // No BPF timer here (the method is the fallback for kernels without
+        // them): the hook cannot wait for connect() to bind the socket.
+        degraded.push(Degraded {
+            feature: "udp_connected",
+            reason: if with_btf {
+                "the ebpf method has no BPF timers: a connected UDP socket is reported \
+                 when it is closed, not when it connects"
+                    .into()
+            } else {
+                "no usable BTF and no BPF timers: a connected UDP socket is reported when \
+                 it is closed, without its local address and port (0)"
+                    .into()
+            },
+        });
         if btf_programs.is_none() {
             degraded.push(Degraded {
                 feature: "core_reads",
                 reason: "no usable BTF: exec paths are as given to execve, arguments and \
                          parents come from /proc, exit codes from the exit_group syscall \
                          tracepoint, signals are unknown"
+                    .into(),
+            });
+            degraded.push(Degraded {
+                feature: "netns",
+                reason: "no usable BTF: the network namespace of connections and endpoints \
+                         is unknown (null), and TCP listeners are told apart by port alone"
                     .into(),
             });
         }
@@ -207,6 +279,20 @@ impl LegacyBpf {
             maps.scratch
                 .reuse_fd(shared.scratch.as_fd())
                 .map_err(load_error(PROBE))?;
+            // Seeding and the UDP state work on the legacy object's maps,
+            // which otherwise would sit allocated and unused.
+            maps.sock_owners
+                .reuse_fd(shared.sock_owners.as_fd())
+                .map_err(load_error(PROBE))?;
+            maps.listeners
+                .reuse_fd(shared.listeners.as_fd())
+                .map_err(load_error(PROBE))?;
+            maps.udp_socks
+                .reuse_fd(shared.udp_socks.as_fd())
+                .map_err(load_error(PROBE))?;
+            maps.udp_flows
+                .reuse_fd(shared.udp_flows.as_fd())
+                .map_err(load_error(PROBE))?;
             Ok(())
         })
     }
@@ -237,14 +323,16 @@ impl LegacyBpf {
     }
 
     /// Records the owners of TCP listeners that predate the probe; see
-    /// `CoreBpf::seed_listeners`. This probe keys listeners by (family,
-    /// port) alone, as its TCP tracepoint does not give the network
-    /// namespace: the first seeded listener of a port in any namespace wins.
+    /// `CoreBpf::seed_listeners`. Without BTF this probe keys listeners by
+    /// (family, port) alone, as its TCP tracepoint does not give the
+    /// network namespace: the first seeded listener of a port in any
+    /// namespace wins.
     pub fn seed_listeners(
         &self,
         endpoints: &[auspex_events::Endpoint],
     ) -> Result<usize, ProbeError> {
-        crate::listeners::seed(&self.legacy.get().maps.listeners, endpoints, false)
+        let by_netns = self.with_btf.is_some();
+        crate::listeners::seed(&self.legacy.get().maps.listeners, endpoints, by_netns)
     }
 
     pub fn degraded(&self) -> &[Degraded] {
@@ -281,6 +369,22 @@ impl LegacyBpf {
     }
 }
 
+/// Attaches the UDP hooks of the running variant to the root of the cgroup
+/// v2 hierarchy, so they see every socket on the host. All or none.
+fn attach_udp<'a>(
+    object: &impl Fn(Obj) -> &'a libbpf_rs::Object,
+    runs: &impl Fn(&Part) -> bool,
+) -> Result<Vec<Attached>, String> {
+    let root = crate::cgroup::cgroup2_mount()
+        .ok_or("cgroup v2 is not mounted: the UDP socket hooks attach to its root")?;
+    let root = programs::Cgroup::open(root)?;
+    PROGRAMS
+        .iter()
+        .filter(|r| r.part.udp && runs(&r.part))
+        .map(|r| programs::attach(object(r.object), r.name, Some(&root)).map_err(|e| e.to_string()))
+        .collect()
+}
+
 fn perf_failed(e: std::io::Error) -> ProbeError {
     ProbeError::Runtime {
         what: "perf buffer",
@@ -292,6 +396,32 @@ fn perf_failed(e: std::io::Error) -> ProbeError {
 mod tests {
     use super::*;
     use crate::programs::tests::assert_table_matches;
+
+    /// Bytes of CO-RE relocation records in a BPF object (its .BTF.ext
+    /// header: magic 0xeb9f, version 1, 32-byte header, core_relo_len last).
+    fn core_relocation_bytes(object: &[u8]) -> u32 {
+        let header = [0x9f, 0xeb, 1, 0, 32, 0, 0, 0];
+        let at = object
+            .windows(header.len())
+            .position(|w| w == header)
+            .expect("a .BTF.ext header");
+        u32::from_le_bytes(object[at + 28..at + 32].try_into().unwrap())
+    }
+
+    /// libbpf refuses an object with any CO-RE relocation where no BTF is
+    /// at hand, and a field access through a vmlinux.h type is one (they are
+    /// all preserve_access_index): the BTF-less kernel of the matrix found
+    /// the UDP hooks' context reads that way.
+    #[test]
+    fn the_object_for_kernels_without_btf_has_no_core_relocation() {
+        let legacy = include_bytes!(concat!(env!("OUT_DIR"), "/legacy.bpf.o"));
+        let with_btf = include_bytes!(concat!(env!("OUT_DIR"), "/legacy_btf.bpf.o"));
+        assert!(
+            core_relocation_bytes(with_btf) > 0,
+            "the check reads .BTF.ext"
+        );
+        assert_eq!(core_relocation_bytes(legacy), 0);
+    }
 
     #[test]
     fn the_table_lists_every_program_of_both_objects() {

@@ -32,7 +32,9 @@ fn owner(p: &Process) -> task_info {
 
 /// The TCP listeners among `endpoints` that have an owner, as (netns, port,
 /// family, owner).
-fn tcp_listeners(endpoints: &[Endpoint]) -> impl Iterator<Item = (u32, u16, u16, task_info)> + '_ {
+fn tcp_listeners(
+    endpoints: &[Endpoint],
+) -> impl Iterator<Item = (Option<u32>, u16, u16, task_info)> + '_ {
     endpoints
         .iter()
         .filter(|e| e.protocol == Protocol::Tcp)
@@ -58,7 +60,8 @@ pub(crate) fn seed(
     let mut seeded = 0;
     for (netns, port, family, task) in tcp_listeners(endpoints) {
         let key = listener_key {
-            netns: if by_netns { netns } else { 0 },
+            // A scan always knows the namespace; 0 where it would not.
+            netns: if by_netns { netns.unwrap_or(0) } else { 0 },
             port,
             family,
         };
@@ -88,7 +91,7 @@ mod tests {
                 ip: ip.parse().unwrap(),
                 port: 8080,
             },
-            netns: 4026531840,
+            netns: Some(4026531840),
             sock_id: SockId(0),
             process,
         }
@@ -115,7 +118,7 @@ mod tests {
         let found: Vec<_> = tcp_listeners(&endpoints).collect();
         assert_eq!(found.len(), 2);
         let (netns, port, family, task) = found[0];
-        assert_eq!((netns, port, family), (4026531840, 8080, AF_INET));
+        assert_eq!((netns, port, family), (Some(4026531840), 8080, AF_INET));
         assert_eq!(
             (task.pid, task.ppid, task.uid, task.cgroup_id),
             (10, 1, 33, 7)

@@ -96,7 +96,7 @@ mod tests {
                 role: Some(Role::Client),
                 local: addr("10.0.0.1:5000"),
                 remote: addr(peer),
-                netns: 1,
+                netns: Some(1),
                 sock_id: SockId(sock),
                 process: None,
             }),
@@ -115,7 +115,7 @@ mod tests {
             EventKind::EndpointOpen(Endpoint {
                 protocol: Protocol::Udp,
                 local: addr("0.0.0.0:5000"),
-                netns: 1,
+                netns: Some(1),
                 sock_id: SockId(1),
                 process: None,
             }),

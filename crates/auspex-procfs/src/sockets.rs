@@ -150,7 +150,7 @@ impl SocketReader {
         Endpoint {
             protocol,
             local: addr(local),
-            netns: key.0,
+            netns: Some(key.0),
             sock_id: self.sock_id(key),
             process: self.owner(key.1, owners),
         }
@@ -169,7 +169,7 @@ impl SocketReader {
             role: Some(role),
             local: addr(local),
             remote: addr(remote),
-            netns: key.0,
+            netns: Some(key.0),
             sock_id: self.sock_id(key),
             process: self.owner(key.1, owners),
         }

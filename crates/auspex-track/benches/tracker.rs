@@ -22,7 +22,7 @@ fn connection(open: bool, i: u32) -> Event {
             ip: std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
             port: 443,
         },
-        netns: 1,
+        netns: Some(1),
         sock_id: SockId(u64::from(i)),
         process: Some(Process {
             pid: 100,

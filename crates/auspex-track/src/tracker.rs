@@ -334,7 +334,7 @@ mod tests {
             role: Some(Role::Client),
             local: addr(&format!("10.0.0.1:{local_port}")),
             remote: addr(remote),
-            netns: 1,
+            netns: Some(1),
             sock_id: SockId(u64::from(local_port)),
             process: Some(process(container)),
         };
@@ -463,7 +463,7 @@ mod tests {
                 role,
                 local: addr("10.0.0.1:53"),
                 remote: addr(&format!("10.0.0.7:{port}")),
-                netns: 1,
+                netns: Some(1),
                 sock_id: SockId(u64::from(port)),
                 process: Some(process(None)),
             };
@@ -559,7 +559,7 @@ mod tests {
             let e = Endpoint {
                 protocol: Protocol::Tcp,
                 local: addr(&format!("0.0.0.0:{port}")),
-                netns: 1,
+                netns: Some(1),
                 sock_id: SockId(u64::from(port)),
                 process: Some(process(None)),
             };

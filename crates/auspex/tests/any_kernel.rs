@@ -2,11 +2,17 @@
 //! it boots, and what runs here on the host too: `auto` must choose the
 //! method `AUSPEX_EXPECT_METHOD` names (`core_bpf` when unset), and that
 //! method must report an exec with its arguments and exit code, and both
-//! ends of a TCP connection with their owner. The `ebpf` and `proc` methods,
-//! named explicitly, must work on every kernel too. With
+//! ends of a TCP connection with their owner. Then every method, named
+//! explicitly, runs every event type against two network namespaces joined
+//! by veth and a cgroup tree shaped like a container runtime's
+//! (tests/any_kernel/cells.rs): each (method, event type) cell is passed,
+//! degraded (with the kernel feature or method limit that makes it so) or
+//! failed, written to `AUSPEX_TEST_CELLS` for the matrix's table. With
 //! `AUSPEX_TEST_STATUS_FILE` set, the agent's `/status` under `auto` is
 //! saved there.
 
+#[path = "any_kernel/cells.rs"]
+mod cells;
 mod common;
 
 use std::net::{TcpListener, TcpStream};
@@ -156,4 +162,19 @@ fn proc_sees_a_process() {
     let (agent, status) = agent_with("proc", "proc");
     sees_a_process(&agent, &status);
     stop(agent);
+}
+
+#[test]
+fn core_bpf_reports_every_event_type() {
+    cells::every_event_type("core_bpf");
+}
+
+#[test]
+fn ebpf_reports_every_event_type() {
+    cells::every_event_type("ebpf");
+}
+
+#[test]
+fn proc_reports_every_event_type() {
+    cells::every_event_type("proc");
 }

@@ -87,7 +87,7 @@ mod tests {
             role: Some(Role::Server),
             local: addr(local),
             remote: addr(remote),
-            netns: 1,
+            netns: Some(1),
             sock_id: SockId(1),
             process: owner.map(|pid| Process {
                 pid,
