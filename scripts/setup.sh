@@ -43,18 +43,23 @@ command -v cargo >/dev/null || die "cargo not found: install Rust 1.82 or later 
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
 [ "$rust_minor" -ge 82 ] || die "Rust $(rustc --version) is too old: 1.82 or later is needed"
 
-# The deploy test's Python tools (Helm's engine, the Kubernetes schemas), in
-# a venv outside the clone so that a fresh clone reuses it; reinstalled only
-# when requirements.txt changes.
-venv=${AUSPEX_DEPLOY_VENV:-$HOME/.cache/auspex/deploy-venv}
-requirements=$(dirname "$0")/deploy-test/requirements.txt
-if ! cmp -s "$requirements" "$venv/requirements.txt"; then
-    say "installing the deploy test's Python tools into $venv"
-    rm -rf "$venv"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-    cp "$requirements" "$venv/requirements.txt"
-fi
+# Python tools in venvs outside the clone, so that a fresh clone reuses
+# them; each reinstalled only when its requirements.txt changes: the deploy
+# test's (Helm's engine, the Kubernetes schemas) and the gRPC client tests'
+# (grpcio, grpcio-tools).
+python_venv() { # venv requirements what
+    if ! cmp -s "$2" "$1/requirements.txt"; then
+        say "installing $3 into $1"
+        rm -rf "$1"
+        /usr/bin/python3 -m venv "$1"
+        "$1/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+        cp "$2" "$1/requirements.txt"
+    fi
+}
+python_venv "${AUSPEX_DEPLOY_VENV:-$HOME/.cache/auspex/deploy-venv}" \
+    "$(dirname "$0")/deploy-test/requirements.txt" "the deploy test's Python tools"
+python_venv "${AUSPEX_GRPC_VENV:-$HOME/.cache/auspex/grpc-venv}" \
+    "$(dirname "$0")/grpc-client/requirements.txt" "the gRPC client tests' Python tools"
 
 # tracefs: classic tracepoints are attached through it. bpffs: for pinning.
 # Neither is mounted at boot on every machine.

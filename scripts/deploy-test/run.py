@@ -56,7 +56,9 @@ KUBE_OLDEST = "1.25.0"
 KUBE_NEWEST = kubernetes_validate.utils.latest_version()
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 # The agent's options the chart sets from its own values (not in `config`).
-CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log"}
+CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "termination_log",
+               "http_tls_cert", "http_tls_key", "http_tls_client_ca", "http_insecure",
+               "grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca", "grpc_insecure"}
 
 # What the test machine needs from podman, whatever the manifest says
 # (docs/deploy.md, "How it is tested"): crun refuses its hybrid cgroup layout
@@ -96,6 +98,29 @@ class Checks:
 
 def say(text: str) -> None:
     print(f"deploy-test: {text}", flush=True)
+
+
+class NoWorkDir(Exception):
+    """A scratch directory could not be made (a full disk, most likely)."""
+
+
+def work_dir(prefix: str) -> Path:
+    """A scratch directory for one check, under the system's temporary
+    directory. If none can be made, the error says why and how full each
+    candidate's file system is: a CI run once ended here with only Python's
+    "No usable temporary directory" and a traceback."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as e:
+        space = []
+        candidates = [os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")]
+        for d in dict.fromkeys(d for d in candidates + ["/tmp", "/var/tmp", os.getcwd()] if d):
+            try:
+                u = shutil.disk_usage(d)
+                space.append(f"{d}: {u.free >> 20} MiB free of {u.total >> 20} MiB")
+            except OSError as why:
+                space.append(f"{d}: {why.strerror}")
+        raise NoWorkDir(f"cannot make a scratch directory ({e}); {'; '.join(space)}") from e
 
 
 # ---------------------------------------------------------------- the chart
@@ -179,6 +204,8 @@ def chart_checks(c: Checks) -> None:
             "extraEnv": [{"name": "RUST_LOG", "value": "auspex=debug"}],
             "priorityClassName": "system-node-critical",
         }),
+        ("tls", {"grpc": {"enabled": True}, "serviceMonitor": {"enabled": True},
+                 "tls": {"secretName": "auspex-tls", "grpcClientCA": True}}),
     ]
     rendered = {}
     for label, values in cases:
@@ -240,6 +267,20 @@ def chart_checks(c: Checks) -> None:
                 problems.append(f"grpc service ports {ports}, grpc_listen {cfg['grpc_listen']}")
         elif cfg.get("grpc_listen") != "off":
             problems.append(f"grpc_listen {cfg.get('grpc_listen')}")
+        tls = values.get("tls", {})
+        if tls.get("secretName"):
+            want = {"http_tls_cert": "/etc/auspex/tls/tls.crt", "http_tls_key": "/etc/auspex/tls/tls.key",
+                    "grpc_tls_cert": "/etc/auspex/tls/tls.crt", "grpc_tls_key": "/etc/auspex/tls/tls.key",
+                    "grpc_tls_client_ca": "/etc/auspex/tls/ca.crt"}
+            got = {k: cfg.get(k) for k in want}
+            secret = next((v for v in spec["volumes"] if v["name"] == "tls"), {}).get("secret", {})
+            schemes = {container[p]["httpGet"].get("scheme") for p in ("readinessProbe", "livenessProbe")}
+            if got != want or "http_insecure" in cfg or secret.get("secretName") != tls["secretName"] \
+                    or "/etc/auspex/tls" not in mounts or schemes != {"HTTPS"} \
+                    or find(docs, "ServiceMonitor")["spec"]["endpoints"][0].get("scheme") != "https":
+                problems.append(f"tls: config {got}, secret {secret}, probe schemes {schemes}")
+        elif cfg.get("http_insecure") is not True or cfg.get("grpc_insecure") is not True:
+            problems.append("without tls.secretName the chart's 0.0.0.0 must be http_insecure/grpc_insecure")
         c.check(not problems, f"{label}: renders as the values say", "\n".join(problems))
         validate_all(c, label, docs)
 
@@ -460,7 +501,7 @@ class Pod:
     def __init__(self, docs, label: str, without_capability: str | None = None,
                  runtime_args: tuple[str, ...] = ()) -> None:
         self.label = label
-        self.work = Path(tempfile.mkdtemp(prefix="auspex-deploy-"))
+        self.work = work_dir("auspex-deploy-")
         self.name = f"auspex-deploy-test-{RUN_ID}-{label}"
         spec = copy.deepcopy(pod_spec(docs))
         if without_capability:
@@ -802,7 +843,7 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
 
 def config_checks(c: Checks, image: str, rendered: dict) -> None:
     """The real agent accepts every rendered config file, and refuses a bad key."""
-    work = Path(tempfile.mkdtemp(prefix="auspex-deploy-config-"))
+    work = work_dir("auspex-deploy-config-")
     try:
         # The schema's config keys and the keys the chart sets are exactly
         # the agent's options: neither can drift from the other.
@@ -862,9 +903,10 @@ def main() -> int:
         c.skip("image and pod checks", "; ".join(blockers))
     else:
         image = f"localhost/auspex-deploy-test:{RUN_ID}"
-        work = Path(tempfile.mkdtemp(prefix="auspex-deploy-images-"))
+        work = None
         busybox = None
         try:
+            work = work_dir("auspex-deploy-images-")
             t = time.monotonic()
             # A target dir outside the clone: CI's fresh clones then rebuild
             # only the workspace's own crates, not every dependency (and the
@@ -882,13 +924,16 @@ def main() -> int:
                     c.skip("container exec", str(e))
                 config_checks(c, image, rendered)
                 pod_checks(c, image, busybox)
+        except NoWorkDir as e:
+            c.fail("image and pod checks", str(e))
         finally:
             for leftover in podman("ps", "--all", "--quiet", "--filter", f"label={LABEL}").stdout.split():
                 podman("rm", "--force", leftover, check=False)
             for img in (image, busybox):
                 if img:
                     podman("rmi", "--force", img, check=False)
-            shutil.rmtree(work, ignore_errors=True)
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
 
     say(f"took {time.monotonic() - started:.0f} s")
     print(f"deploy: {c.passed} passed, {c.failed} failed, {c.skipped} skipped", flush=True)

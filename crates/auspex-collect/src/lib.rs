@@ -52,6 +52,23 @@ pub trait Features {
 /// Everything lost or incomplete so far, by cause (cumulative counts).
 pub type Drops = Vec<(&'static str, u64)>;
 
+/// How full the kernel buffer the method reads is, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BufferFill {
+    /// Bytes written by the kernel and not yet read.
+    pub used: u64,
+    pub size: u64,
+}
+
+/// One BPF program's in-kernel cost so far: counted by the kernel only
+/// while `kernel.bpf_stats_enabled` is 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub program: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
 /// A part of a method that could not run, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Degraded {
@@ -97,6 +114,15 @@ pub trait Collector {
     /// Everything lost or incomplete so far, by cause.
     fn drops(&self) -> anyhow::Result<Drops>;
     fn degraded(&self) -> Vec<Degraded>;
+    /// Each of its BPF programs' run time and count (none without BPF).
+    fn program_runs(&self) -> Vec<ProgramRuns> {
+        Vec::new()
+    }
+    /// How full its kernel buffer is, where it can tell (a BPF ring
+    /// buffer can; perf buffers and the proc connector cannot).
+    fn buffer_fill(&self) -> Option<BufferFill> {
+        None
+    }
     /// Tells the method who owns the listeners that existed before it ran
     /// (from the startup scrape); returns how many it took. Only a method
     /// that learns owners at listen() needs them.

@@ -139,6 +139,21 @@ macro_rules! bpf_collector {
                 degraded(<$probe>::degraded(self))
             }
 
+            fn buffer_fill(&self) -> Option<auspex_collect::BufferFill> {
+                Fill::fill(self)
+            }
+
+            fn program_runs(&self) -> Vec<auspex_collect::ProgramRuns> {
+                self.run_stats()
+                    .into_iter()
+                    .map(|p| auspex_collect::ProgramRuns {
+                        program: p.name,
+                        run_time_ns: p.run_time_ns,
+                        run_count: p.run_count,
+                    })
+                    .collect()
+            }
+
             fn seed_listeners(&mut self, endpoints: &[Endpoint]) -> anyhow::Result<usize> {
                 Ok(<$probe>::seed_listeners(self, endpoints)?)
             }
@@ -153,6 +168,24 @@ macro_rules! bpf_collector {
 bpf_collector!(CoreBpf, |p: &CoreBpf| Some(
     p.relocated_against().to_path_buf()
 ));
+
+/// Only the ring buffer tells how full it is.
+trait Fill {
+    fn fill(&self) -> Option<auspex_collect::BufferFill>;
+}
+
+impl Fill for CoreBpf {
+    fn fill(&self) -> Option<auspex_collect::BufferFill> {
+        self.ring_fill()
+            .map(|(used, size)| auspex_collect::BufferFill { used, size })
+    }
+}
+
+impl Fill for LegacyBpf {
+    fn fill(&self) -> Option<auspex_collect::BufferFill> {
+        None
+    }
+}
 bpf_collector!(LegacyBpf, |p: &LegacyBpf| p
     .relocated_against()
     .map(PathBuf::from));

@@ -289,6 +289,33 @@ impl CoreBpf {
         programs::map_ids(&[self.process.get().object(), self.network.get().object()])
     }
 
+    /// (bytes written and not yet read, size) of the ring buffer: read
+    /// from the positions libbpf maps, no system call.
+    pub fn ring_fill(&self) -> Option<(u64, u64)> {
+        use libbpf_rs::AsRawLibbpf;
+        // SAFETY: the ring buffer is alive for as long as `self.ring`, and
+        // ring 0 exists (one map was added); the two calls only read the
+        // producer and consumer positions of its mapped pages.
+        unsafe {
+            let ring = libbpf_sys::ring_buffer__ring(self.ring.as_libbpf_object().as_ptr(), 0);
+            if ring.is_null() {
+                return None;
+            }
+            Some((
+                libbpf_sys::ring__avail_data_size(ring) as u64,
+                libbpf_sys::ring__size(ring) as u64,
+            ))
+        }
+    }
+
+    /// Each attached program's run time and count.
+    pub fn run_stats(&self) -> Vec<crate::ProgramRunStats> {
+        programs::run_stats(
+            &[self.process.get().object(), self.network.get().object()],
+            &self.attached,
+        )
+    }
+
     /// How many programs are attached.
     pub fn attached(&self) -> usize {
         self.attached.len()

@@ -360,6 +360,13 @@ impl LegacyBpf {
     pub fn attached(&self) -> usize {
         self.attached.len()
     }
+
+    /// Each attached program's run time and count.
+    pub fn run_stats(&self) -> Vec<crate::ProgramRunStats> {
+        let mut objects = vec![self.legacy.get().object()];
+        objects.extend(self.with_btf.as_ref().map(|b| b.get().object()));
+        programs::run_stats(&objects, &self.attached)
+    }
 }
 
 /// Attaches the UDP hooks of the running variant to the root of the cgroup

@@ -125,6 +125,33 @@ pub(crate) fn map_ids(objects: &[&Object]) -> Vec<u32> {
         .collect()
 }
 
+/// Run time and count of the programs of `objects` that are `attached`,
+/// read through the descriptors the probe holds (BPF_OBJ_GET_INFO_BY_FD,
+/// which the lockdown's seccomp filter allows; listing programs by id
+/// would need CAP_SYS_ADMIN).
+pub(crate) fn run_stats(objects: &[&Object], attached: &[Attached]) -> Vec<crate::ProgramRunStats> {
+    let ids: BTreeSet<u32> = attached.iter().map(|a| a.info.id).collect();
+    objects
+        .iter()
+        .flat_map(|o| o.progs())
+        .filter_map(|p| {
+            let mut info = libbpf_sys::bpf_prog_info::default();
+            let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+            // SAFETY: `info` is a writable bpf_prog_info of `len` bytes and
+            // the descriptor is a loaded program's, held by `objects`.
+            let rc = unsafe {
+                libbpf_sys::bpf_prog_get_info_by_fd(p.as_fd().as_raw_fd(), &mut info, &mut len)
+            };
+            (rc == 0 && ids.contains(&info.id)).then(|| crate::ProgramRunStats {
+                id: info.id,
+                name: p.name().to_string_lossy().into_owned(),
+                run_time_ns: info.run_time_ns,
+                run_count: info.run_cnt,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::mem::MaybeUninit;

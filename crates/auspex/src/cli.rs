@@ -25,6 +25,10 @@ pub enum Command {
     Run(Box<RunFlags>),
     /// Probe the kernel's features and say which methods can run here.
     Check(CheckArgs),
+    /// Watch a running agent: one line per event from its gRPC stream
+    /// (coloured on a terminal), or `-o json`; reconnects when the agent
+    /// restarts.
+    Events(EventsArgs),
     /// The configuration `run` would use.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -38,6 +42,86 @@ pub enum ConfigCommand {
     /// Print the effective options of `run` (the same flags, environment
     /// and config file) as YAML, each with where its value came from.
     Show(Box<RunFlags>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    /// One compact line per event.
+    Text,
+    /// The event documents, one per line, as the agent writes them.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<Color> for anstream::ColorChoice {
+    fn from(c: Color) -> Self {
+        match c {
+            Color::Auto => anstream::ColorChoice::Auto,
+            Color::Always => anstream::ColorChoice::Always,
+            Color::Never => anstream::ColorChoice::Never,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The agent's gRPC stream: unix:PATH, HOST:PORT, http://HOST:PORT or
+    /// https://HOST:PORT.
+    #[arg(
+        long,
+        short,
+        value_name = "ADDRESS",
+        default_value = "unix:/run/auspex/grpc.sock"
+    )]
+    pub address: String,
+
+    /// How to print events.
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: EventsFormat,
+
+    /// Colours on a terminal (auto), always or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+
+    /// Only events about processes in this container (repeatable).
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
+    /// Only events about this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only events about processes running this executable (repeatable).
+    #[arg(long = "exe", value_name = "PATH")]
+    pub exes: Vec<String>,
+
+    /// TLS: the CA that signed the agent's certificate (PEM); implies
+    /// https for a HOST:PORT address.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Mutual TLS: this client's certificate (PEM), with --tls-key.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The name the agent's certificate must have [default: the address's
+    /// host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -195,11 +279,78 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<Listen>,
 
-    /// Where the gRPC event stream (auspex.v1.Events) listens, or `off`
-    /// [default: off].
-    #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]
+    /// Where the gRPC event stream (auspex.v1.Events, grpc.health.v1,
+    /// reflection) listens: `unix` (a Unix socket at
+    /// /run/auspex/grpc.sock, mode 0600: root only), `unix:PATH`,
+    /// `ADDRESS:PORT`, several separated by commas, or `off` [default: off].
+    #[arg(long, value_name = "ENDPOINTS", value_parser = values::parse_endpoints)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub grpc_listen: Option<Listen>,
+    pub grpc_listen: Option<values::Endpoints>,
+
+    /// Serve the gRPC stream's TCP endpoints over TLS with this certificate (PEM, the chain
+    /// after it), re-read when it changes on disk; with --grpc-tls-key.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// The private key of --grpc-tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only clients with a certificate signed by a CA in
+    /// this file (PEM) may connect to the gRPC stream's TCP endpoints.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+
+    /// Serve the gRPC stream's TCP endpoints on an address other than loopback without TLS
+    /// (refused otherwise) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_insecure: Option<bool>,
+
+    /// Serve the HTTP API over TLS with this certificate (PEM, the chain
+    /// after it), re-read when it changes on disk; with --http-tls-key.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only clients with a certificate signed by a CA in
+    /// this file (PEM) may connect to the HTTP API.
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls_client_ca: Option<PathBuf>,
+
+    /// Serve the HTTP API on an address other than loopback without TLS
+    /// (refused otherwise) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_insecure: Option<bool>,
+
+    /// Connections each API listener (HTTP, each gRPC endpoint) holds at
+    /// once; a new one past this closes the one idle the longest, or is
+    /// refused when all are busy [default: 256].
+    #[arg(long, value_name = "N", value_parser = values::parse_max_connections)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_max_connections: Option<usize>,
+
+    /// How long an HTTP/1 client may take to send a request's headers
+    /// before its connection is closed [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub api_header_timeout: Option<Duration>,
+
+    /// An API connection without a request in progress (a gRPC stream
+    /// counts as one) for this long is closed [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = values::parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_secs")]
+    pub api_idle_timeout: Option<Duration>,
 }
 
 // Flags in the form the config layers read (skipped when None).

@@ -9,7 +9,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use crate::config::values::Endpoint;
 use crate::metrics::Metrics;
+use crate::server::{Listening, Named};
 use crate::status::{Liveness, SharedStatus, LIVENESS_STALL};
 
 #[derive(Clone)]
@@ -21,7 +23,7 @@ struct AppState {
 
 /// Binds `addr` and serves in the background; returns the bound address.
 pub fn serve(
-    addr: SocketAddr,
+    listening: Listening<'_>,
     (status, liveness): (SharedStatus, Liveness),
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<SocketAddr> {
@@ -32,16 +34,26 @@ pub fn serve(
         .route("/metrics", get(metrics_text))
         .with_state(AppState {
             status,
-            metrics,
+            metrics: Arc::clone(&metrics),
             liveness,
         });
-    let (bound, _thread) =
-        crate::server::spawn(addr, "HTTP API", "--listen", |listener| async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the HTTP API stopped: {e}");
-            }
-        })?;
-    Ok(bound)
+    // It serves until the process exits.
+    let running = crate::server::spawn(
+        listening,
+        Named {
+            what: "HTTP API",
+            flag: "--listen",
+            api: "http",
+        },
+        metrics,
+        app,
+        std::future::pending(),
+        std::future::pending(),
+    )?;
+    match running.bound.as_slice() {
+        [Endpoint::Tcp(bound)] => Ok(*bound),
+        other => unreachable!("bound one TCP address, got {other:?}"),
+    }
 }
 
 /// For a liveness probe: fails only when the agent's loop is stuck, not

@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod collect;
 mod config;
+mod events;
 mod grpc;
 mod hooks;
 mod http;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Run(flags) => config::resolve(flags).and_then(|args| run::run(&args)),
         Command::Config(ConfigCommand::Show(flags)) => config::show(flags),
         Command::Check(args) => check::check(args),
+        Command::Events(args) => events::events(args),
         // Lives until the agent closes its stdin, so that its details can
         // be read from /proc.
         Command::Canary { .. } => {

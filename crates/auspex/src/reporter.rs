@@ -26,6 +26,8 @@ pub struct Reporter {
     published_drops: Mutex<HashMap<&'static str, u64>>,
     /// The same for what each sink wrote.
     published_written: Mutex<HashMap<&'static str, u64>>,
+    /// The programs' totals last published: (run time ns, runs).
+    published_runs: Mutex<HashMap<String, (u64, u64)>>,
     /// What readiness depends on.
     readiness: Mutex<Readiness>,
 }
@@ -64,6 +66,7 @@ impl Reporter {
             termination_log,
             published_drops: Mutex::default(),
             published_written: Mutex::default(),
+            published_runs: Mutex::default(),
             readiness: Mutex::default(),
         }
     }
@@ -219,6 +222,48 @@ impl Reporter {
             s.events = events.clone();
             s.drops = drops.iter().copied().collect();
         });
+    }
+
+    /// The method's BPF programs' run time and runs, into /metrics: the
+    /// kernel's totals, published as counters by what they grew (a
+    /// program name shared by two programs adds up).
+    pub fn program_runs(&self, runs: &[auspex_collect::ProgramRuns]) {
+        let mut totals: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for r in runs {
+            let t = totals.entry(&r.program).or_default();
+            t.0 += r.run_time_ns;
+            t.1 += r.run_count;
+        }
+        let mut published = self.published_runs.lock().unwrap();
+        for (program, (ns, count)) in totals {
+            let label = crate::metrics::ProgramLabel {
+                program: program.to_string(),
+            };
+            let (last_ns, last_count) = published
+                .insert(program.to_string(), (ns, count))
+                .unwrap_or((0, 0));
+            self.metrics
+                .bpf_run_seconds
+                .get_or_create(&label)
+                .inc_by(ns.saturating_sub(last_ns) as f64 / 1e9);
+            self.metrics
+                .bpf_runs
+                .get_or_create(&label)
+                .inc_by(count.saturating_sub(last_count));
+        }
+    }
+
+    /// How full the kernel buffer is, into /metrics.
+    pub fn buffer_fill(&self, fill: Option<auspex_collect::BufferFill>) {
+        let fill = fill.unwrap_or_default();
+        self.metrics.ring_used.set(fill.used as i64);
+        self.metrics.ring_size.set(fill.size as i64);
+    }
+
+    /// The sizes of the pipeline's tables, into /metrics.
+    pub fn table_sizes(&self, (processes, tracked): (usize, usize)) {
+        self.metrics.process_table_entries.set(processes as i64);
+        self.metrics.tracker_entries.set(tracked as i64);
     }
 
     /// Each sink's state, into /status and /metrics; a stalled sink makes

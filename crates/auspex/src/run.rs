@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::canary::Heartbeat;
 use crate::collect::reader::POLL_INTERVAL;
 use crate::collect::{scrape, select, Reader, Selection};
+use crate::config::values::Endpoint;
 use crate::config::RunArgs;
 use crate::metrics::Metrics;
 use crate::pipeline::output::JsonLines;
@@ -22,6 +23,8 @@ use crate::pipeline::queue::SinkReport;
 use crate::pipeline::sink::{Sink, Sinks};
 use crate::pipeline::Pipeline;
 use crate::reporter::{summary, Reporter};
+use crate::server::tls::{self, TlsOptions};
+use crate::server::Listening;
 
 /// How often counters are copied into /status and /metrics.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,17 +51,56 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.start_at_zero(&crate::methods::order());
     let reporter = Reporter::new(Arc::clone(&metrics), args.termination_log.clone());
+    let limits = crate::server::Limits {
+        max_connections: args.api_max_connections,
+        header_timeout: args.api_header_timeout,
+        idle_timeout: args.api_idle_timeout,
+    };
     if let Some(addr) = args.listen.0 {
-        let bound = crate::http::serve(addr, reporter.shared(), Arc::clone(&metrics))?;
-        tracing::info!("HTTP API on http://{bound} (/ready, /status, /metrics)");
+        let endpoints = [Endpoint::Tcp(addr)];
+        let listening = Listening {
+            endpoints: &endpoints,
+            limits,
+            tls: tls::from_options(TlsOptions {
+                api: "http",
+                listen_flag: "--listen",
+                endpoints: &endpoints,
+                cert: args.http_tls_cert.as_deref(),
+                key: args.http_tls_key.as_deref(),
+                client_ca: args.http_tls_client_ca.as_deref(),
+                insecure: args.http_insecure,
+            })?,
+        };
+        let scheme = scheme(&listening);
+        let bound = crate::http::serve(listening, reporter.shared(), Arc::clone(&metrics))?;
+        tracing::info!("HTTP API on {scheme}://{bound} (/ready, /status, /metrics)");
     }
     let mut sinks = vec![("output", output)];
-    if let Some(addr) = args.grpc_listen.0 {
-        let server = crate::grpc::serve(addr, Arc::clone(&metrics))?;
-        tracing::info!(
-            "gRPC event stream on http://{} (auspex.v1.Events/Subscribe)",
-            server.addr
-        );
+    if !args.grpc_listen.0.is_empty() {
+        let listening = Listening {
+            endpoints: &args.grpc_listen.0,
+            limits,
+            tls: tls::from_options(TlsOptions {
+                api: "grpc",
+                listen_flag: "--grpc-listen",
+                endpoints: &args.grpc_listen.0,
+                cert: args.grpc_tls_cert.as_deref(),
+                key: args.grpc_tls_key.as_deref(),
+                client_ca: args.grpc_tls_client_ca.as_deref(),
+                insecure: args.grpc_insecure,
+            })?,
+        };
+        let scheme = scheme(&listening);
+        let server = crate::grpc::serve(listening, reporter.shared().0, Arc::clone(&metrics))?;
+        for endpoint in &server.bound {
+            tracing::info!(
+                "gRPC event stream on {} (auspex.v1.Events/Subscribe, grpc.health.v1, reflection)",
+                match endpoint {
+                    Endpoint::Tcp(addr) => format!("{scheme}://{addr}"),
+                    unix => unix.to_string(),
+                }
+            );
+        }
         sinks.push(("grpc", Box::new(server)));
     }
     let sinks = Sinks::new(sinks, args.sink_queue, Arc::clone(&metrics))
@@ -102,6 +144,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     })?;
     pipeline.write_deltas();
     finish(pipeline, &drops, started, deadline)
+}
+
+/// How a listener's TCP endpoints are reached, for the log.
+fn scheme(listening: &Listening<'_>) -> &'static str {
+    match &listening.tls {
+        None => "http",
+        Some(tls) if tls.mutual() => {
+            tracing::info!("TLS: clients need a certificate from the client CA");
+            "https"
+        }
+        Some(_) => "https",
+    }
 }
 
 /// Ends the sinks by `deadline`, prints the summary, and says whether
@@ -164,6 +218,9 @@ fn publish(reporter: &Reporter, reader: &Reader, pipeline: &Pipeline) {
         &[reader.drops(), pipeline.drops()].concat(),
     );
     reporter.sinks(pipeline.sinks());
+    reporter.table_sizes(pipeline.table_sizes());
+    reporter.program_runs(&reader.program_runs());
+    reporter.buffer_fill(reader.buffer_fill());
 }
 
 /// The main loop: deliver events, and keep the heartbeat, the deltas and

@@ -166,6 +166,12 @@ fn the_largest_accepted_values_run_and_stop_cleanly() {
         "86400",
         "--sink-queue",
         "1048576",
+        "--api-max-connections",
+        "16384",
+        "--api-header-timeout",
+        "86400",
+        "--api-idle-timeout",
+        "86400",
     ]);
     let mut child = Command::new("/bin/true").arg("largest").spawn().unwrap();
     child.wait().unwrap();

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 mod pb {
-    tonic::include_proto!("auspex.v1");
+    include!(concat!(env!("OUT_DIR"), "/client/auspex.v1.rs"));
 }
 
 use pb::events_client::EventsClient;
@@ -30,6 +30,7 @@ fn a_subscriber_gets_the_exec_it_asked_for_and_nothing_else() {
         let mut stream = client
             .subscribe(SubscribeRequest {
                 types: vec!["process_exec".into()],
+                ..Default::default()
             })
             .await
             .unwrap()

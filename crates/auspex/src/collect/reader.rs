@@ -47,6 +47,10 @@ pub struct Started {
 struct Shared {
     /// The collector's drops, as last read.
     drops: Mutex<Drops>,
+    /// Its BPF programs' run time and count, as last read.
+    programs: Mutex<Vec<auspex_collect::ProgramRuns>>,
+    /// How full its kernel buffer was, as last read.
+    fill: Mutex<Option<auspex_collect::BufferFill>>,
     queue_full: AtomicU64,
     /// Events still queued when stopping passed its deadline.
     past_deadline: AtomicU64,
@@ -211,6 +215,24 @@ impl Reader {
         state
     }
 
+    /// The method's BPF programs' run time and count, as last read (none
+    /// for the proc method).
+    pub fn program_runs(&self) -> Vec<auspex_collect::ProgramRuns> {
+        if let Source::Inline(collector) = &self.source {
+            return collector.program_runs();
+        }
+        self.shared.programs.lock().unwrap().clone()
+    }
+
+    /// How full the method's kernel buffer was at the last look, where
+    /// the method can tell.
+    pub fn buffer_fill(&self) -> Option<auspex_collect::BufferFill> {
+        if let Source::Inline(collector) = &self.source {
+            return collector.buffer_fill();
+        }
+        *self.shared.fill.lock().unwrap()
+    }
+
     /// Everything lost or incomplete so far, by cause.
     pub fn drops(&self) -> Drops {
         if let Source::Inline(collector) = &self.source {
@@ -302,6 +324,8 @@ fn read(
         }
         if Instant::now() >= next_drops {
             *shared.drops.lock().unwrap() = collector.drops()?;
+            *shared.programs.lock().unwrap() = collector.program_runs();
+            *shared.fill.lock().unwrap() = collector.buffer_fill();
             next_drops = Instant::now() + DROPS_INTERVAL;
         }
     }

@@ -88,7 +88,29 @@ pub struct RunArgs {
     /// Events go here instead of stdout.
     pub output: Option<PathBuf>,
     pub listen: Listen,
-    pub grpc_listen: Listen,
+    pub grpc_listen: values::Endpoints,
+    /// TLS for the gRPC stream's TCP endpoints (cert and key), mutual
+    /// with a client CA.
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// Serve a non-loopback gRPC address without TLS.
+    pub grpc_insecure: bool,
+    /// TLS for the HTTP API.
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
+    pub http_tls_client_ca: Option<PathBuf>,
+    /// Serve a non-loopback HTTP address without TLS.
+    pub http_insecure: bool,
+    /// Connections each API listener holds before closing the idlest.
+    #[serde(with = "values::max_connections")]
+    pub api_max_connections: usize,
+    /// How long a client may take to send a request's headers (HTTP/1).
+    #[serde(with = "values::interval")]
+    pub api_header_timeout: Duration,
+    /// A connection without a request in progress this long is closed.
+    #[serde(with = "values::interval")]
+    pub api_idle_timeout: Duration,
     pub report: Report,
     #[serde(with = "values::interval")]
     pub scan_interval: Duration,
@@ -124,7 +146,18 @@ impl Default for RunArgs {
             ring_buffer_size: 8 << 20,
             output: None,
             listen: values::parse_listen("127.0.0.1:8080").expect("a valid address"),
-            grpc_listen: Listen(None),
+            grpc_listen: values::Endpoints::default(),
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_tls_client_ca: None,
+            grpc_insecure: false,
+            http_tls_cert: None,
+            http_tls_key: None,
+            http_tls_client_ca: None,
+            http_insecure: false,
+            api_max_connections: 256,
+            api_header_timeout: Duration::from_secs(10),
+            api_idle_timeout: Duration::from_secs(60),
             report: Report::Raw,
             scan_interval: Duration::from_secs(5),
             canary_timeout: Duration::from_secs(5),

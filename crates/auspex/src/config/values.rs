@@ -44,6 +44,115 @@ impl fmt::Display for Listen {
     }
 }
 
+/// Where a server listens: a TCP address, or a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The gRPC stream's Unix socket when `--grpc-listen unix` names none.
+pub const GRPC_SOCKET: &str = "/run/auspex/grpc.sock";
+
+/// Where the gRPC stream listens: none (`off`), or one or more endpoints
+/// separated by commas.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoints(pub Vec<Endpoint>);
+
+impl fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("off");
+        }
+        let text: Vec<String> = self.0.iter().map(Endpoint::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
+
+/// `off`; or endpoints separated by commas, each `unix` (the socket at
+/// [`GRPC_SOCKET`]), `unix:PATH` (an absolute path) or `ADDRESS:PORT`.
+pub fn parse_endpoints(text: &str) -> Result<Endpoints, String> {
+    if text.trim() == "off" {
+        return Ok(Endpoints(Vec::new()));
+    }
+    let endpoints = text
+        .split(',')
+        .map(str::trim)
+        .map(|item| match item.strip_prefix("unix:") {
+            _ if item == "unix" => Ok(Endpoint::Unix(GRPC_SOCKET.into())),
+            Some(path) if path.starts_with('/') && !path.ends_with('/') => {
+                Ok(Endpoint::Unix(path.into()))
+            }
+            Some(path) => Err(format!(
+                "'{path}' is not an absolute path to a socket (example: unix:{GRPC_SOCKET})"
+            )),
+            None => item.parse().map(Endpoint::Tcp).map_err(|_| {
+                format!(
+                    "'{item}' is not unix, unix:PATH or an address:port (example: \
+                     127.0.0.1:50051), nor off"
+                )
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoints(endpoints))
+}
+
+impl Serialize for Endpoints {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoints {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parsed(
+            d,
+            "endpoints such as unix,127.0.0.1:50051, or off",
+            parse_endpoints,
+        )
+    }
+}
+
+/// The most connections each API listener holds at once (default 256):
+/// past this the idlest is closed. 16,384 at most: a socket is a
+/// descriptor, and more than that would not fit common limits anyway.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
+pub fn parse_max_connections(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of connections"))?;
+    if !(1..=MAX_CONNECTIONS).contains(&n) {
+        return Err(format!(
+            "{text} connections is out of range (1 to {MAX_CONNECTIONS})"
+        ));
+    }
+    Ok(n)
+}
+
+/// serde for the connection cap.
+pub mod max_connections {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*n as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        parsed(d, "a number of connections", parse_max_connections)
+    }
+}
+
 pub fn parse_listen(text: &str) -> Result<Listen, String> {
     if text == "off" {
         return Ok(Listen(None));
@@ -380,6 +489,27 @@ mod tests {
             "0.0.0.0:8080"
         );
         assert!(parse_listen("8080").is_err());
+        assert_eq!(parse_endpoints("off"), Ok(Endpoints(vec![])));
+        let both = parse_endpoints("unix, 127.0.0.1:50051").unwrap();
+        assert_eq!(
+            both.0,
+            vec![
+                Endpoint::Unix(GRPC_SOCKET.into()),
+                Endpoint::Tcp("127.0.0.1:50051".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            both.to_string(),
+            "unix:/run/auspex/grpc.sock,127.0.0.1:50051"
+        );
+        assert_eq!(parse_endpoints(&both.to_string()), Ok(both));
+        assert!(parse_endpoints("unix:relative.sock")
+            .unwrap_err()
+            .contains("not an absolute path"));
+        assert!(parse_endpoints("50051").unwrap_err().contains("'50051'"));
+        assert_eq!(parse_max_connections("256"), Ok(256));
+        assert!(parse_max_connections("0").is_err());
+        assert!(parse_max_connections("16385").is_err());
         assert_eq!(parse_method("ebpf").as_deref(), Ok("ebpf"));
         let err = parse_method("modern").unwrap_err();
         assert!(err.contains("auto, core_bpf, ebpf, proc"), "{err}");

@@ -40,6 +40,25 @@ pub struct MethodLabel {
     pub method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiClosedLabels {
+    pub api: String,
+    pub reason: String,
+}
+
+/// The APIs' labels: the HTTP API, the gRPC stream.
+pub const APIS: [&str; 2] = ["http", "grpc"];
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub events: Family<TypeLabel, Counter>,
@@ -52,6 +71,20 @@ pub struct Metrics {
     pub sink_written: Family<SinkLabel, Counter>,
     pub sink_queued: Family<SinkLabel, Gauge>,
     pub sink_stalled: Family<SinkLabel, Gauge>,
+    /// Per API (server/): connections the agent closed, by reason, and
+    /// failed accepts.
+    pub api_closed: Family<ApiClosedLabels, Counter>,
+    pub api_accept_errors: Family<ApiLabel, Counter>,
+    /// Sizes of the pipeline's tables.
+    pub process_table_entries: Gauge,
+    pub tracker_entries: Gauge,
+    /// Per BPF program: in-kernel run time and runs, as the kernel counts
+    /// them (only while kernel.bpf_stats_enabled is 1).
+    pub bpf_run_seconds: Family<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub bpf_runs: Family<ProgramLabel, Counter>,
+    /// The ring buffer (core_bpf): bytes waiting to be read, and its size.
+    pub ring_used: Gauge,
+    pub ring_size: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +99,15 @@ impl Metrics {
         let sink_written = Family::<SinkLabel, Counter>::default();
         let sink_queued = Family::<SinkLabel, Gauge>::default();
         let sink_stalled = Family::<SinkLabel, Gauge>::default();
+        let api_closed = Family::<ApiClosedLabels, Counter>::default();
+        let api_accept_errors = Family::<ApiLabel, Counter>::default();
+        let process_table_entries = Gauge::default();
+        let tracker_entries = Gauge::default();
+        let bpf_run_seconds =
+            Family::<ProgramLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let bpf_runs = Family::<ProgramLabel, Counter>::default();
+        let ring_used = Gauge::default();
+        let ring_size = Gauge::default();
         registry.register("events", "Events reported, by type", events.clone());
         registry.register(
             "drops",
@@ -103,6 +145,52 @@ impl Metrics {
             "How long each sink has been stalled (0: it is not)",
             sink_stalled.clone(),
         );
+        registry.register(
+            "api_connections_closed",
+            "API connections the agent closed: idle past the idle timeout, evicted (the \
+             idlest, at the connection cap) or refused (at the cap, all busy)",
+            api_closed.clone(),
+        );
+        registry.register(
+            "api_accept_errors",
+            "Connections an API listener could not accept (out of descriptors, say)",
+            api_accept_errors.clone(),
+        );
+        registry.register(
+            "process_table_entries",
+            "Live processes the enrichment table remembers (at most 65536; past that the \
+             oldest are forgotten, counted as process_table_evicted)",
+            process_table_entries.clone(),
+        );
+        registry.register(
+            "tracker_entries",
+            "Connections and endpoints in the tracker's tables (with --report deltas or \
+             both; 0 otherwise)",
+            tracker_entries.clone(),
+        );
+        registry.register(
+            "bpf_program_run_seconds",
+            "In-kernel run time of each BPF program of the method, counted only while \
+             kernel.bpf_stats_enabled is 1",
+            bpf_run_seconds.clone(),
+        );
+        registry.register(
+            "bpf_program_runs",
+            "Runs of each BPF program of the method, counted only while \
+             kernel.bpf_stats_enabled is 1",
+            bpf_runs.clone(),
+        );
+        registry.register(
+            "ring_buffer_used_bytes",
+            "Bytes the kernel wrote to the ring buffer that the agent has not read yet, at the \
+             last look (each second; core_bpf only)",
+            ring_used.clone(),
+        );
+        registry.register(
+            "ring_buffer_size_bytes",
+            "Size of the ring buffer (core_bpf only; 0 under other methods)",
+            ring_size.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             events,
@@ -114,7 +202,30 @@ impl Metrics {
             sink_written,
             sink_queued,
             sink_stalled,
+            api_closed,
+            api_accept_errors,
+            process_table_entries,
+            tracker_entries,
+            bpf_run_seconds,
+            bpf_runs,
+            ring_used,
+            ring_size,
         }
+    }
+
+    pub fn api_connections_closed(&self, api: &str, reason: &str) {
+        self.api_closed
+            .get_or_create(&ApiClosedLabels {
+                api: api.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn api_accept_errors(&self, api: &str) {
+        self.api_accept_errors
+            .get_or_create(&ApiLabel { api: api.into() })
+            .inc();
     }
 
     /// Exports the method chosen, as an info metric (once: the method does
@@ -152,6 +263,19 @@ impl Metrics {
                 .get_or_create(&TypeLabel {
                     r#type: kind.to_string(),
                 })
+                .inc_by(0);
+        }
+        for api in APIS {
+            for reason in crate::server::table::Closed::ALL {
+                self.api_closed
+                    .get_or_create(&ApiClosedLabels {
+                        api: api.into(),
+                        reason: reason.label().into(),
+                    })
+                    .inc_by(0);
+            }
+            self.api_accept_errors
+                .get_or_create(&ApiLabel { api: api.into() })
                 .inc_by(0);
         }
         for (i, from) in order.iter().enumerate() {

@@ -125,6 +125,15 @@ impl Pipeline {
         self.enrich.evicted()
     }
 
+    /// Entries in the process table, and in the tracker's tables (0 when
+    /// it does not run).
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (
+            self.enrich.len(),
+            self.track.as_ref().map_or(0, Tracker::len),
+        )
+    }
+
     /// What the stages left out, by cause.
     pub fn drops(&self) -> Drops {
         let mut drops = vec![("process_table_evicted", self.processes_evicted())];

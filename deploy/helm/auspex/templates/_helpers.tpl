@@ -78,6 +78,20 @@ falls back.
 {{- else }}
 {{- $_ := set $c "grpc_listen" "off" }}
 {{- end }}
+{{- if .Values.tls.secretName }}
+{{- $_ := set $c "http_tls_cert" "/etc/auspex/tls/tls.crt" }}
+{{- $_ := set $c "http_tls_key" "/etc/auspex/tls/tls.key" }}
+{{- if .Values.grpc.enabled }}
+{{- $_ := set $c "grpc_tls_cert" "/etc/auspex/tls/tls.crt" }}
+{{- $_ := set $c "grpc_tls_key" "/etc/auspex/tls/tls.key" }}
+{{- if .Values.tls.grpcClientCA }}
+{{- $_ := set $c "grpc_tls_client_ca" "/etc/auspex/tls/ca.crt" }}
+{{- end }}
+{{- end }}
+{{- else }}
+{{- $_ := set $c "http_insecure" true }}
+{{- $_ := set $c "grpc_insecure" true }}
+{{- end }}
 {{- $_ := set $c "termination_log" .Values.terminationMessagePath }}
 {{- toYaml $c }}
 {{- end }}

@@ -1,0 +1,411 @@
+//! TLS and mutual TLS on the TCP listeners, with certificates made by
+//! openssl at test time: grpcio over mutual TLS gets answers, a client
+//! without a certificate (or with one from another CA, or without TLS) is
+//! refused; the HTTP API over TLS answers curl, and serves a certificate
+//! replaced on disk without a restart; a non-loopback address without TLS
+//! is refused unless the insecure option says so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{deadline, Agent};
+use serde_json::json;
+
+/// Runs openssl in `dir`; fails with its output.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (NAME.crt, NAME.key) in `dir`.
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// A certificate NAME.crt (key NAME.key) signed by the CA `by`, for a
+/// server (localhost, 127.0.0.1) or a client.
+fn leaf(dir: &Path, name: &str, by: &str, server: bool) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let ext = match server {
+        true => "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        false => "extendedKeyUsage=clientAuth\n",
+    };
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{by}.crt"),
+            "-CAkey",
+            &format!("{by}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).display().to_string()
+}
+
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("AUSPEX_GRPC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auspex/grpc-venv")
+        })
+        .join("bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: scripts/setup.sh makes it",
+        python.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (run scripts/setup.sh)",
+        python.display()
+    );
+    None
+}
+
+const CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../scripts/grpc-client/client.py"
+);
+
+fn client(python: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(CLIENT)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!(
+            "client {args:?}: {e}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    ca(d, "other-ca");
+    leaf(d, "server", "ca", true);
+    leaf(d, "client", "ca", false);
+    leaf(d, "stranger", "other-ca", false);
+    let agent = Agent::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--grpc-tls-cert",
+        &path(d, "server.crt"),
+        "--grpc-tls-key",
+        &path(d, "server.key"),
+        "--grpc-tls-client-ca",
+        &path(d, "ca.crt"),
+    ]);
+    let target = agent.logged_after("gRPC event stream on https://");
+    let ca = path(d, "ca.crt");
+    let with = |cert: &str| {
+        client(
+            &py,
+            &[
+                "--ca",
+                &ca,
+                "--cert",
+                &path(d, &format!("{cert}.crt")),
+                "--key",
+                &path(d, &format!("{cert}.key")),
+                &target,
+                "health",
+            ],
+        )
+    };
+    assert_eq!(with("client"), json!({"status": "SERVING"}));
+    let answer = client(
+        &py,
+        &[
+            "--ca",
+            &ca,
+            "--cert",
+            &path(d, "client.crt"),
+            "--key",
+            &path(d, "client.key"),
+            &target,
+            "reflection",
+        ],
+    );
+    assert!(
+        answer["services"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("auspex.v1.Events")),
+        "{answer}"
+    );
+    // Refused: no certificate, one from another CA, no TLS at all.
+    let refused = [
+        client(&py, &["--ca", &ca, &target, "health"]),
+        with("stranger"),
+        client(&py, &[&target, "health"]),
+    ];
+    for answer in &refused {
+        assert_eq!(answer["code"], "UNAVAILABLE", "{refused:?}");
+    }
+    // `auspex events` over mutual TLS, as JSON: the document the agent wrote.
+    let held = common::HeldShell::spawn("exec /bin/true over-mtls", &[]);
+    let mut events = Command::new(common::AUSPEX)
+        .args([
+            "events",
+            "-o",
+            "json",
+            "--type",
+            "process_exec",
+            "--pid",
+            &held.pid().to_string(),
+        ])
+        .args(["--address", &format!("https://{target}"), "--tls-ca", &ca])
+        .args([
+            "--tls-cert",
+            &path(d, "client.crt"),
+            "--tls-key",
+            &path(d, "client.key"),
+        ])
+        .args([
+            "--tls-server-name",
+            "localhost",
+            "--exe",
+            &common::canonical("/bin/true"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(events.stderr.take().unwrap());
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+    assert!(
+        said.starts_with("auspex events: connected to https://"),
+        "{said}"
+    );
+    let pid = held.pid();
+    held.release();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(events.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = events.kill();
+    let _ = events.wait();
+    let doc: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        doc["process"]["args"],
+        json!(["/bin/true", "over-mtls"]),
+        "{doc}"
+    );
+    assert_eq!(
+        doc,
+        agent.event_where("process_exec", pid, |e| e["process"]["args"]
+            == doc["process"]["args"])
+    );
+
+    let (_, metrics) = agent.http_get("/metrics");
+    let failed: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("auspex_api_connections_closed_total{api=\"grpc\",reason=\"tls_failed\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(failed >= 3, "{failed} TLS failures counted\n{metrics}");
+}
+
+/// curl over TLS trusting only `ca`: the HTTP status, or curl's error.
+fn curl(addr: &str, ca: &str, path: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+#[test]
+fn https_serves_a_certificate_replaced_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    ca(d, "next-ca");
+    leaf(d, "server", "ca", true);
+    leaf(d, "next", "next-ca", true);
+    // The agent reads tls.crt and tls.key, as a Kubernetes Secret mounts them.
+    std::fs::copy(d.join("server.crt"), d.join("tls.crt")).unwrap();
+    std::fs::copy(d.join("server.key"), d.join("tls.key")).unwrap();
+    let agent = Agent::start(&[
+        "--http-tls-cert",
+        &path(d, "tls.crt"),
+        "--http-tls-key",
+        &path(d, "tls.key"),
+    ]);
+    let addr = agent.logged_after("HTTP API on https://");
+    assert_eq!(curl(&addr, &path(d, "ca.crt"), "/ready"), Ok("200".into()));
+    assert!(curl(&addr, &path(d, "next-ca.crt"), "/ready").is_err());
+
+    // Replaced as a rotation does it: new files renamed over the old.
+    for (from, to) in [("next.key", "tls.key"), ("next.crt", "tls.crt")] {
+        std::fs::copy(d.join(from), d.join("staged")).unwrap();
+        std::fs::rename(d.join("staged"), d.join(to)).unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        match curl(&addr, &path(d, "next-ca.crt"), "/ready") {
+            Ok(code) => {
+                assert_eq!(code, "200");
+                break;
+            }
+            Err(e) => assert!(
+                start.elapsed() < deadline(),
+                "the new certificate is not served: {e}\n{}",
+                agent.stderr_text()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(curl(&addr, &path(d, "ca.crt"), "/ready").is_err());
+    assert!(
+        agent.stderr_text().contains("read ") && agent.stderr_text().contains("again: it changed")
+    );
+}
+
+#[test]
+fn a_non_loopback_address_without_tls_is_refused_unless_insecure() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--grpc-listen", "0.0.0.0:0"],
+            "auspex: error: --grpc-listen 0.0.0.0:0 is not a loopback address: give \
+             --grpc-tls-cert and --grpc-tls-key to serve it over TLS, or --grpc-insecure to \
+             serve it in clear text",
+        ),
+        (
+            &["--listen", "0.0.0.0:0"],
+            "auspex: error: --listen 0.0.0.0:0 is not a loopback address: give --http-tls-cert \
+             and --http-tls-key to serve it over TLS, or --http-insecure to serve it in clear \
+             text",
+        ),
+        (
+            &[
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--grpc-tls-cert",
+                "/nonexistent.crt",
+            ],
+            "auspex: error: --grpc-tls-cert needs --grpc-tls-key",
+        ),
+        (
+            &[
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--grpc-tls-cert",
+                "/nonexistent.crt",
+                "--grpc-tls-key",
+                "/nonexistent.key",
+            ],
+            "auspex: error: --grpc-tls-cert /nonexistent.crt: ",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut command = Command::new(common::AUSPEX);
+        command.arg("run");
+        if args[0] != "--listen" {
+            command.args(["--listen", "off"]);
+        }
+        let (code, stderr) = common::run_failing(command.args(args));
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        let line = common::error_line(&stderr);
+        assert!(line.starts_with(expected), "{args:?}:\n{line}\n{expected}");
+        assert!(!stderr.contains("probes attached"), "{stderr}");
+    }
+    let agent = Agent::start(&["--grpc-listen", "0.0.0.0:0", "--grpc-insecure"]);
+    assert!(
+        agent
+            .stderr_text()
+            .contains("gRPC event stream on http://0.0.0.0:"),
+        "{}",
+        agent.stderr_text()
+    );
+}
