@@ -119,16 +119,35 @@ fn ebpf_lists_all_its_programs_and_leaves_nothing_behind() {
         names,
         [
             "legacy_fork",
-            "legacy_tcp_state",
             "legacy_exec_btf",
-            "legacy_exit_btf"
+            "legacy_exit_btf",
+            "legacy_tcp_state_btf",
+            "udp_sendmsg4",
+            "udp_sendmsg6",
+            "udp_recvmsg4",
+            "udp_recvmsg6",
+            "udp_bind4",
+            "udp_bind6",
+            "udp_post_bind4",
+            "udp_post_bind6",
+            "udp_release",
+            "udp_connect4_late",
+            "udp_connect6_late",
         ],
         "{:?}",
         probe.degraded()
     );
     assert_eq!(
-        programs[1].attach_point,
+        programs[3].attach_point,
         "tracepoint/sock/inet_sock_set_state"
+    );
+    // The UDP hooks of the CO-RE object, on the cgroup v2 root.
+    assert!(
+        programs[12]
+            .attach_point
+            .starts_with("cgroup/sock_release on /"),
+        "{:?}",
+        programs[12]
     );
     let maps = probe.map_ids();
     assert_listed_then_gone(probe, programs, maps);
