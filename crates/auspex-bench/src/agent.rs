@@ -49,16 +49,14 @@ impl Agent {
             None => Command::new(binary),
         };
         let method_arg = method.strip_suffix("-nobtf").unwrap_or(method);
+        // No HTTP API unless `args` asks for one.
+        let listen: &[&str] = match args.contains(&"--listen") {
+            true => &[],
+            false => &["--listen", "off"],
+        };
         let mut child = command
-            .args([
-                "run",
-                "--listen",
-                "off",
-                "--method",
-                method_arg,
-                "--scan-interval",
-                "1",
-            ])
+            .args(["run", "--method", method_arg, "--scan-interval", "1"])
+            .args(listen)
             .arg("--output")
             .arg(output)
             .args(args)
@@ -91,6 +89,11 @@ impl Agent {
             }
         });
         Ok(Agent { child, stderr })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// CPU seconds used so far and peak RSS, from /proc.

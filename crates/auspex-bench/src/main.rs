@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod cpu_per_event;
 mod slow_proc;
 mod workload;
 
@@ -52,6 +53,9 @@ enum Bench {
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
+    /// The agent's CPU per event it reports, per method and workload
+    /// (workload on CPU 0, agent on CPU 1).
+    CpuPerEvent(cpu_per_event::CpuArgs),
     /// In-kernel time per BPF program (kernel.bpf_stats_enabled).
     KernelCost {
         #[arg(long, default_value_t = 2000)]
@@ -595,6 +599,7 @@ fn main() -> anyhow::Result<()> {
             reps,
             baseline,
         } => completeness(&args.agent, baseline.as_deref(), *count, *reps)?,
+        Bench::CpuPerEvent(a) => cpu_per_event::cpu_per_event(&args.agent, a)?,
         Bench::KernelCost {
             count,
             baseline: None,
@@ -657,6 +662,12 @@ fn main() -> anyhow::Result<()> {
                  The same number of execs, TCP connections (each closed at once) and UDP peers \
                  (one datagram each) while the agent runs; agent CPU and peak RSS over that run. \
                  The proc method sees only what lives across a scan.\n\n{}\n\
+                 ## Agent CPU per event\n\n\
+                 `auspex-bench cpu-per-event`: the agent's CPU (every thread, pinned to CPU 1) \
+                 over the events it reported while the workload ran on CPU 0, events to \
+                 /dev/null; medians of {reps} runs. Startup is not counted. With `--baseline \
+                 PATH` it runs another build alternately in the same reps: read the ratio, \
+                 not the microseconds, on a shared machine.\n\n{}\n\
                  ## In-kernel cost (core_bpf)\n\n\
                  `kernel.bpf_stats_enabled=1` during the run (restored afterwards): run time \
                  over run count of each program, per operation.\n\n{}\n\
@@ -668,6 +679,16 @@ fn main() -> anyhow::Result<()> {
                  output.\n",
                 machine(),
                 completeness(&args.agent, None, 2000, 1)?,
+                cpu_per_event::cpu_per_event(
+                    &args.agent,
+                    &cpu_per_event::CpuArgs {
+                        reps: *reps,
+                        seconds: 2.0,
+                        methods: vec!["core_bpf".into(), "ebpf".into()],
+                        modes: vec![Mode::Tcp, Mode::ForkExec],
+                        baseline: None,
+                    },
+                )?,
                 kernel_cost(&args.agent, 2000)?,
                 proc_scan(3)?,
             );

@@ -3,6 +3,7 @@
 //! execs carry their lineage.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use auspex_events::{Ancestor, Event, EventKind, Identity, Process};
 use auspex_procfs::ProcReader;
@@ -58,8 +59,9 @@ struct Entry {
     image: Option<u32>,
     ppid: u32,
     uid: u32,
-    exe: Option<String>,
-    args: Option<Vec<String>>,
+    /// Shared with every event of the process (an `Arc` clone, no copy).
+    exe: Option<Arc<str>>,
+    args: Option<Arc<[String]>>,
     args_truncated: Option<bool>,
     cgroup_id: u64,
     container_id: Option<String>,
@@ -462,7 +464,7 @@ mod tests {
         at(EventKind::ProcessExec {
             process: Process {
                 exe: Some(exe.into()),
-                args: Some(vec![exe.into(), "arg".into()]),
+                args: Some(vec![exe.into(), "arg".into()].into()),
                 args_truncated: Some(false),
                 ..process(pid, ppid, cgroup_id)
             },
@@ -592,7 +594,10 @@ mod tests {
         let mut c = connection(11, 1);
         table.apply(&mut c);
         assert_eq!(p(&c).exe.as_deref(), Some("/usr/bin/bash"));
-        assert_eq!(p(&c).args, Some(vec!["/usr/bin/bash".into(), "arg".into()]));
+        assert_eq!(
+            p(&c).args.as_deref(),
+            Some(&["/usr/bin/bash".to_string(), "arg".into()][..])
+        );
 
         let mut e = exec(11, 10, "/usr/bin/curl", 1);
         table.apply(&mut e);

@@ -307,10 +307,11 @@ fn decode_exec(record: &[u8], header: &event_header) -> Result<EventKind, Decode
                 } else {
                     path_from_leaf_first(exe)
                 }
+                .into()
             }),
             exe_truncated: has(ExecFlags::AUSPEX_EXEC_EXE_TRUNCATED),
             exe_detached: has(ExecFlags::AUSPEX_EXEC_EXE_DETACHED),
-            args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args)),
+            args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args).into()),
             args_truncated: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE))
                 .then(|| has(ExecFlags::AUSPEX_EXEC_ARGS_TRUNCATED)),
             ..process(&header.task)
@@ -397,7 +398,7 @@ mod tests {
         assert_eq!(process.exe.as_deref(), Some("/usr/bin/true"));
         assert_eq!(
             process.args,
-            Some(vec!["true".into(), "".into(), "a b".into(), "hé".into()])
+            Some(vec!["true".into(), "".into(), "a b".into(), "hé".into()].into())
         );
         assert_eq!(process.args_truncated, Some(false));
         assert_eq!(
@@ -440,7 +441,7 @@ mod tests {
         let EventKind::ProcessExec { process } = event(&record, &context()).unwrap().kind else {
             panic!()
         };
-        assert_eq!(process.args, Some(vec!["one".into(), "tw".into()]));
+        assert_eq!(process.args, Some(vec!["one".into(), "tw".into()].into()));
         assert_eq!(process.args_truncated, Some(true));
         assert_eq!(process.exe.as_deref(), Some("/x"));
 

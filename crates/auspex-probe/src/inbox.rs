@@ -79,10 +79,13 @@ impl Inbox {
             Decoded::Event(e) => e.time,
             Decoded::UdpReleased { time, .. } => *time,
         });
-        batch.into_iter().for_each(|d| self.apply(d));
-        let events = std::mem::take(&mut self.events);
-        let n = events.len();
-        events.into_iter().for_each(on_event);
+        batch.drain(..).for_each(|d| self.apply(d));
+        // Drained, not taken: both keep their room for the next poll
+        // instead of growing again from nothing (a realloc and a copy of
+        // every event at each doubling, issue 19's profile).
+        self.batch = batch;
+        let n = self.events.len();
+        self.events.drain(..).for_each(on_event);
         n
     }
 

@@ -63,7 +63,7 @@ fn exec_fork_exit_and_threads() {
     assert_eq!(p.exe.as_deref(), sh.to_str(), "{exec:?}");
     assert_eq!(
         p.args,
-        Some(vec!["/bin/sh".into(), "-c".into(), "exit 7".into()])
+        Some(vec!["/bin/sh".into(), "-c".into(), "exit 7".into()].into())
     );
     assert_eq!(p.ppid, me);
     assert_eq!(p.comm, "sh");

@@ -135,8 +135,8 @@ fn exec_fork_exit_with_unusual_arguments() {
     assert_process(
         exec.kind.process().unwrap(),
         &Process {
-            exe: Some(canonical("/bin/sh")),
-            args: Some(expected_args),
+            exe: Some(canonical("/bin/sh").into()),
+            args: Some(expected_args.into()),
             args_truncated: Some(false),
             ..base_process(&child, "sh")
         },
@@ -184,8 +184,8 @@ fn long_argument_vector_is_truncated_and_flagged() {
     assert_process(
         exec.kind.process().unwrap(),
         &Process {
-            exe: Some(canonical("/bin/true")),
-            args: Some(expected),
+            exe: Some(canonical("/bin/true").into()),
+            args: Some(expected.into()),
             args_truncated: Some(true),
             ..base_process(&child, "true")
         },
@@ -205,7 +205,7 @@ fn relative_path_and_other_mount_resolve_to_the_absolute_exe() {
     let exec = h.wait_for("process_exec", child.id(), None);
     assert_eq!(
         exec.kind.process().unwrap().exe,
-        Some(canonical("/usr/bin/true"))
+        Some(canonical("/usr/bin/true").into())
     );
 
     // A binary on another mount (tmpfs): the walk must cross the mount point.
@@ -417,7 +417,7 @@ fn custom_btf_file_relocates_and_works() {
     let exec = h.wait_for("process_exec", child.id(), None);
     assert_eq!(
         exec.kind.process().unwrap().args,
-        Some(vec!["/bin/true".into(), "btf".into()])
+        Some(vec!["/bin/true".into(), "btf".into()].into())
     );
 }
 

@@ -132,7 +132,7 @@ fn ebpf_lists_all_its_programs_and_leaves_nothing_behind() {
             "udp_post_bind6",
             "udp_release",
             "udp_connect4_late",
-            "udp_connect6_late"
+            "udp_connect6_late",
         ],
         "{:?}",
         probe.degraded()
@@ -140,6 +140,14 @@ fn ebpf_lists_all_its_programs_and_leaves_nothing_behind() {
     assert_eq!(
         programs[3].attach_point,
         "tracepoint/sock/inet_sock_set_state"
+    );
+    // The UDP hooks of the CO-RE object, on the cgroup v2 root.
+    assert!(
+        programs[12]
+            .attach_point
+            .starts_with("cgroup/sock_release on /"),
+        "{:?}",
+        programs[12]
     );
     let maps = probe.map_ids();
     assert_listed_then_gone(probe, programs, maps);

@@ -69,9 +69,9 @@ impl ProcReader {
             process.uid = status.ruid;
             process.gid = status.rgid;
         }
-        process.exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
+        process.exe = p.exe().ok().map(|e| e.to_string_lossy().into());
         if let Some(args) = cmdline(pid) {
-            process.args = Some(args);
+            process.args = Some(args.into());
             process.args_truncated = Some(false);
         }
         process.cgroup_id = self
@@ -116,7 +116,7 @@ mod tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert_eq!(p.exe.as_deref(), Some(exe.to_str().unwrap()));
         assert_eq!(
-            p.args.as_ref().map(Vec::len),
+            p.args.as_deref().map(<[String]>::len),
             Some(std::env::args().count())
         );
         assert_eq!(p.ppid, std::os::unix::process::parent_id());

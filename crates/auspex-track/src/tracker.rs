@@ -226,7 +226,10 @@ impl Tracker {
                 let (local, remote) = self.config.normaliser.endpoints(role, &c.local, &c.remote);
                 let key = Key {
                     container_id: c.process.as_ref().and_then(|p| p.container_id.clone()),
-                    exe: c.process.as_ref().and_then(|p| p.exe.clone()),
+                    exe: c
+                        .process
+                        .as_ref()
+                        .and_then(|p| p.exe.as_deref().map(String::from)),
                     protocol: c.protocol,
                     role: Some(role),
                     local,
@@ -246,7 +249,10 @@ impl Tracker {
             EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => {
                 let key = Key {
                     container_id: e.process.as_ref().and_then(|p| p.container_id.clone()),
-                    exe: e.process.as_ref().and_then(|p| p.exe.clone()),
+                    exe: e
+                        .process
+                        .as_ref()
+                        .and_then(|p| p.exe.as_deref().map(String::from)),
                     protocol: e.protocol,
                     role: None,
                     local: Peer {

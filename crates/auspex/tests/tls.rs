@@ -250,14 +250,28 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     );
     let pid = held.pid();
     held.release();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(events.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    // Read on a thread, so that a missing line fails the test with what the
+    // agent saw instead of hanging it.
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(deadline());
     let _ = events.kill();
     let _ = events.wait();
+    let line = line.unwrap_or_else(|_| {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let written = agent.event_where("process_exec", pid, |_| true);
+        panic!(
+            "auspex events printed nothing for pid {pid}; its stderr: {said}{rest}\nthe agent \
+             wrote: {written}\nagent stderr:\n{}",
+            agent.stderr_text()
+        )
+    });
     let doc: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(

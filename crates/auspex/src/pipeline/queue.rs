@@ -38,8 +38,11 @@ const BATCH: u64 = 1024;
 /// with the writer woken per batch, the agent's main loop alone made 210).
 const WAKE_EVERY: usize = 256;
 
-/// One event's type and JSON, serialised once for every sink.
-type Item = (&'static str, Arc<str>);
+/// One event's JSON, serialised once for every sink.
+pub type Json = Arc<String>;
+
+/// One event's type and JSON.
+type Item = (&'static str, Json);
 
 /// The JSON a writer is done with, handed back so that the pipeline's
 /// thread frees what it allocated: freed by the writer, each free took
@@ -48,7 +51,50 @@ type Item = (&'static str, Arc<str>);
 /// the storm above costs the agent 88-89 ticks of CPU instead of 92-97
 /// (release build; main before the queues: 71-75, of which the collector
 /// thread 42-45 against 51-53 now, the writes moved to the writer thread).
-type Used = Vec<Arc<str>>;
+/// The pipeline now reuses them (`Recycled`) rather than freeing them.
+type Used = Vec<Json>;
+
+/// Buffers of JSON the sinks are done with, for the next events: no
+/// allocation, no copy per event (issue 19: before, each event's JSON was
+/// copied into an `Arc<str>` of its own, a malloc, a memmove and a free).
+#[derive(Default)]
+pub struct Recycled {
+    buffers: Vec<Json>,
+}
+
+/// Buffers kept at most: what a writer hands back per round at high rates
+/// (WAKE_EVERY events, or a batch), about 1 KiB each for process and
+/// connection events.
+const RECYCLED_MAX: usize = 1024;
+/// A larger buffer (a delta of a big table) is freed, not kept.
+const RECYCLED_CAPACITY_MAX: usize = 64 * 1024;
+
+impl Recycled {
+    /// An empty buffer: a used one when there is one.
+    pub fn take(&mut self) -> Json {
+        match self.buffers.pop() {
+            Some(json) => json,
+            None => Arc::new(String::with_capacity(1024)),
+        }
+    }
+
+    /// Whether it holds no buffer.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_empty()
+    }
+
+    /// Keeps `json` for reuse once nothing else holds it (the last sink
+    /// that had it gave it back).
+    pub fn give(&mut self, json: Json) {
+        if Arc::strong_count(&json) == 1
+            && json.capacity() <= RECYCLED_CAPACITY_MAX
+            && self.buffers.len() < RECYCLED_MAX
+        {
+            self.buffers.push(json);
+        }
+    }
+}
 
 /// What the writer thread tells the pipeline's side.
 #[derive(Default)]
@@ -163,7 +209,7 @@ impl Queued {
 
     /// Hands one event to the writer; when the queue is full, its oldest
     /// event is lost to make room.
-    pub fn push(&mut self, kind: &'static str, json: &Arc<str>) {
+    pub fn push(&mut self, kind: &'static str, json: &Json, recycled: &mut Recycled) {
         let (Some(sender), Some(oldest)) = (&self.sender, &self.oldest) else {
             return;
         };
@@ -186,19 +232,22 @@ impl Queued {
         let _ = sender.send((kind, Arc::clone(json)));
         self.unrung += 1;
         if self.unrung >= WAKE_EVERY {
-            self.wake();
+            self.wake(recycled);
         }
     }
 
-    /// Wakes the writer for what was handed over (and frees what it gave
-    /// back).
-    fn wake(&mut self) {
+    /// Wakes the writer for what was handed over (and takes back what it
+    /// is done with).
+    fn wake(&mut self, recycled: &mut Recycled) {
         if let Some(doorbell) = &self.doorbell {
             // Full: it is woken already, and takes everything there is.
             let _ = doorbell.try_send(());
         }
         self.unrung = 0;
-        self.used.try_iter().for_each(drop);
+        self.used
+            .try_iter()
+            .flatten()
+            .for_each(|json| recycled.give(json));
     }
 
     /// Events lost because the queue was full.
@@ -208,9 +257,9 @@ impl Queued {
 
     /// The end of the pipeline's batch: the writer writes (and flushes)
     /// what it was handed.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, recycled: &mut Recycled) {
         if self.unrung > 0 {
-            self.wake();
+            self.wake(recycled);
         }
     }
 
@@ -313,20 +362,31 @@ fn write_all(
         // Written to the sink, not yet flushed.
         let mut pending = 0;
         let mut used = Used::with_capacity(queue.len());
-        for (kind, json) in queue.try_iter() {
-            if sink.wants() {
-                call(&mut || sink.write(kind, &json))?;
-                pending += 1;
-            } else {
-                shared.unwanted.fetch_add(1, Ordering::Relaxed);
+        // The writes are timed by the BATCH (from its first write to its
+        // flush), not one by one: two clock reads per event were 1 % of the
+        // agent's CPU in a TCP storm (issue 19), and a batch that takes
+        // STALL_AFTER is a stalled sink too.
+        shared.busy_since.store(monotonic_ms(), Ordering::Relaxed);
+        let writes = (|| {
+            for (kind, json) in queue.try_iter() {
+                if sink.wants() {
+                    sink.write(kind, &json)?;
+                    pending += 1;
+                } else {
+                    shared.unwanted.fetch_add(1, Ordering::Relaxed);
+                }
+                used.push(json);
+                if pending >= BATCH {
+                    sink.flush()?;
+                    shared.written.fetch_add(pending, Ordering::Relaxed);
+                    pending = 0;
+                    shared.busy_since.store(monotonic_ms(), Ordering::Relaxed);
+                }
             }
-            used.push(json);
-            if pending >= BATCH {
-                call(&mut || sink.flush())?;
-                shared.written.fetch_add(pending, Ordering::Relaxed);
-                pending = 0;
-            }
-        }
+            io::Result::Ok(())
+        })();
+        shared.busy_since.store(0, Ordering::Relaxed);
+        writes?;
         let end = |sink: &mut Box<dyn Sink>| match open {
             true => sink.flush(),
             false => sink.finish(),

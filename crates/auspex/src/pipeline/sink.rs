@@ -14,9 +14,10 @@ use std::time::Instant;
 use auspex_collect::Drops;
 use auspex_events::Event;
 
-use super::queue::{Queued, SinkReport};
+use super::queue::{Queued, Recycled, SinkReport};
 use crate::metrics::{Metrics, TypeLabel};
 use crate::status::SinkStatus;
+use prometheus_client::metrics::counter::Counter;
 
 /// A sink runs on a thread of its own (hence `Send`): each call may block
 /// as long as it must, and only that sink waits meanwhile.
@@ -45,11 +46,13 @@ pub trait Sink: Send {
 /// Every sink behind its queue, and what the pipeline reported.
 pub struct Sinks {
     queues: Vec<Queued>,
-    /// Reused for every event's JSON.
-    json: Vec<u8>,
+    /// Buffers for the events' JSON, reused once every sink wrote them.
+    recycled: Recycled,
     /// Events handed to the sinks, by type.
     reported: BTreeMap<&'static str, u64>,
-    metrics: Arc<Metrics>,
+    /// The events counter of each type, looked up once: a lookup per
+    /// event allocated its label's String and hashed it (issue 19).
+    counters: BTreeMap<&'static str, Counter>,
 }
 
 impl Sinks {
@@ -64,37 +67,47 @@ impl Sinks {
             .into_iter()
             .map(|(id, sink)| Queued::start(id, sink, capacity))
             .collect::<io::Result<_>>()?;
+        let counters = auspex_events::EventKind::names()
+            .map(|kind| {
+                let label = TypeLabel {
+                    r#type: kind.to_string(),
+                };
+                (kind, metrics.events.get_or_create(&label).clone())
+            })
+            .collect();
         Ok(Sinks {
             queues,
-            json: Vec::with_capacity(4096),
+            recycled: Recycled::default(),
             reported: BTreeMap::new(),
-            metrics,
+            counters,
         })
     }
 
     pub fn write(&mut self, event: &Event) {
         let kind = event.kind.name();
-        self.json.clear();
-        serde_json::to_writer(&mut self.json, event).expect("events serialise");
-        let json: Arc<str> = std::str::from_utf8(&self.json)
-            .expect("serde_json writes UTF-8")
-            .into();
+        let mut json = self.recycled.take();
+        let buffer = Arc::get_mut(&mut json).expect("a recycled buffer is ours alone");
+        let mut bytes = std::mem::take(buffer).into_bytes();
+        bytes.clear();
+        serde_json::to_writer(&mut bytes, event).expect("events serialise");
+        *buffer = String::from_utf8(bytes).expect("serde_json writes UTF-8");
         for queue in &mut self.queues {
-            queue.push(kind, &json);
+            queue.push(kind, &json, &mut self.recycled);
         }
+        // Kept at once when no sink took it.
+        self.recycled.give(json);
         *self.reported.entry(kind).or_default() += 1;
-        self.metrics
-            .events
-            .get_or_create(&TypeLabel {
-                r#type: kind.to_string(),
-            })
-            .inc();
+        if let Some(counter) = self.counters.get(kind) {
+            counter.inc();
+        }
     }
 
     /// The end of a batch: each writer flushes once it has written what is
     /// queued.
     pub fn flush(&mut self) {
-        self.queues.iter_mut().for_each(Queued::flush);
+        for queue in &mut self.queues {
+            queue.flush(&mut self.recycled);
+        }
     }
 
     /// Whether a sink failed: the run ends.
@@ -326,6 +339,39 @@ mod tests {
             (CAPACITY as u64 + 1, lost, 0),
             "{r:?}"
         );
+    }
+
+    /// Buffers come back from the writers and are reused: a short event
+    /// written into the buffer of a longer one is exactly its own JSON.
+    #[test]
+    fn reused_buffers_hold_exactly_the_next_events_json() {
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sinks: Vec<(&'static str, Box<dyn Sink>)> = vec![("kept", Box::new(kept(&lines)))];
+        let mut sinks = Sinks::new(sinks, 100, Arc::new(Metrics::new())).unwrap();
+        let long = |pid| {
+            let mut e = exec(pid);
+            if let EventKind::ProcessExec { process } = &mut e.kind {
+                process.args = Some(vec!["x".repeat(3000)].into());
+            }
+            e
+        };
+        let mut expected = Vec::new();
+        for pid in 0..50 {
+            let event = if pid % 2 == 0 { long(pid) } else { exec(pid) };
+            expected.push(format!(
+                "process_exec {}",
+                serde_json::to_string(&event).unwrap()
+            ));
+            sinks.write(&event);
+            sinks.flush();
+            // Until the writer has taken it (and given back the last round).
+            while sinks.status()[0].written < u64::from(pid) + 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(!sinks.recycled.is_empty(), "no buffer came back for reuse");
+        sinks.finish(in_a_while());
+        assert_eq!(*lines.lock().unwrap(), expected);
     }
 
     #[test]
