@@ -370,41 +370,16 @@ fn kernel_cost(binary: &Path, count: u32) -> anyhow::Result<String> {
             )?;
             Ok(())
         };
-        let before = program_totals();
-        for _ in 0..count {
-            Command::new("/bin/true").status()?;
+        let programs: [&[&str]; 3] = [
+            &["handle_fork", "handle_exec", "handle_exit"],
+            &["handle_tcp_state"],
+            &["udp_sendmsg4", "udp_release"],
+        ];
+        for ((what, names), run) in OPERATIONS.iter().zip(programs).zip(operations(count)) {
+            let before = program_totals();
+            run()?;
+            row(what, delta(&before, names))?;
         }
-        row(
-            "fork + exec + exit",
-            delta(&before, &["handle_fork", "handle_exec", "handle_exit"]),
-        )?;
-        let before = program_totals();
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let acceptor = std::thread::spawn(move || {
-            for _ in 0..count {
-                let _ = listener.accept();
-            }
-        });
-        for _ in 0..count {
-            drop(TcpStream::connect(addr)?);
-        }
-        acceptor.join().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        row(
-            "TCP connection (both ends)",
-            delta(&before, &["handle_tcp_state"]),
-        )?;
-        let before = program_totals();
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        for i in 0..count {
-            let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
-        }
-        drop(udp);
-        row(
-            "UDP flow (first datagram to a peer, and the socket's close)",
-            delta(&before, &["udp_sendmsg4", "udp_release"]),
-        )?;
         agent.stop()?;
         let _ = std::fs::remove_file(out);
         Ok(table)
@@ -428,35 +403,51 @@ fn kernel_ns_per_operation(binary: &Path, args: &[&str], count: u32) -> anyhow::
     let ours = agent.program_ids();
     let total = || -> u64 { program_totals(&ours).values().map(|t| t.0).sum() };
     let per_op = |before: u64| (total() - before) as f64 / f64::from(count);
-    let before = total();
-    for _ in 0..count {
-        Command::new("/bin/true").status()?;
+    let mut ns = [0.0; 3];
+    for (ns, run) in ns.iter_mut().zip(operations(count)) {
+        let before = total();
+        run()?;
+        *ns = per_op(before);
     }
-    let exec = per_op(before);
-    let before = total();
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let acceptor = std::thread::spawn(move || {
-        for _ in 0..count {
-            let _ = listener.accept();
-        }
-    });
-    for _ in 0..count {
-        drop(TcpStream::connect(addr)?);
-    }
-    acceptor.join().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let tcp = per_op(before);
-    let before = total();
-    let udp = UdpSocket::bind("127.0.0.1:0")?;
-    for i in 0..count {
-        let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
-    }
-    drop(udp);
-    let udp = per_op(before);
     agent.stop()?;
     let _ = std::fs::remove_file(out);
-    Ok([exec, tcp, udp])
+    Ok(ns)
+}
+
+/// Each of [`OPERATIONS`], done `count` times.
+fn operations(count: u32) -> [Box<dyn Fn() -> anyhow::Result<()>>; 3] {
+    [
+        Box::new(move || {
+            for _ in 0..count {
+                Command::new("/bin/true").status()?;
+            }
+            Ok(())
+        }),
+        Box::new(move || {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let acceptor = std::thread::spawn(move || {
+                for _ in 0..count {
+                    let _ = listener.accept();
+                }
+            });
+            for _ in 0..count {
+                drop(TcpStream::connect(addr)?);
+            }
+            acceptor.join().unwrap();
+            // The last closes' state changes run after connect returns.
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        }),
+        Box::new(move || {
+            let udp = UdpSocket::bind("127.0.0.1:0")?;
+            for i in 0..count {
+                let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
+            }
+            drop(udp);
+            Ok(())
+        }),
+    ]
 }
 
 /// kernel-cost of several agents (a baseline binary, this one, this one
