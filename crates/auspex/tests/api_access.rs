@@ -144,6 +144,26 @@ fn grpc_on_a_unix_socket_answers_root_and_refuses_nobody() {
     );
 }
 
+#[test]
+fn grpc_unix_socket_refuses_a_directory_others_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = dir.path().join("grpc.sock");
+    let endpoint = format!("unix:{}", socket.display());
+    let (code, stderr) =
+        common::run_failing(&mut common::auspex_run(&["--grpc-listen", &endpoint]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        common::error_line(&stderr),
+        format!(
+            "auspex: error: cannot listen on {endpoint} for the gRPC stream (--grpc-listen): \
+             its directory {} is writable by group or others (mode 1777)",
+            dir.path().display()
+        )
+    );
+    assert!(!socket.exists());
+}
+
 /// Opens `n` TCP connections to `addr` that never send anything; returns
 /// them (those the agent closes stay open on this side).
 fn idle_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
