@@ -303,14 +303,20 @@ fn health_answers_under_idle_sockets_with_1024_files() {
             0,
             "{metrics}"
         );
-        // The cap (256) was reached: the idlest made room for the rest.
+        // The cap (256) was reached: the idlest made room for the rest,
+        // each eviction counted once. Exactly IDLE_SOCKETS - 256 idle ones
+        // at least; at most one more per connection of this test's own
+        // beyond the flood (5 HTTP requests, 1 gRPC channel), whose timing
+        // against the flood's evictions varies.
         let evicted = metric(
             &metrics,
             &format!("auspex_api_connections_closed_total{{api=\"{api}\",reason=\"evicted\"}}"),
         );
+        let least = (IDLE_SOCKETS - 256) as u64;
         assert!(
-            evicted >= (IDLE_SOCKETS - 256) as u64,
-            "{api}: {evicted} evicted\n{metrics}"
+            (least..=least + 5).contains(&evicted),
+            "{api}: {evicted} evicted, not within {least}..={}\n{metrics}",
+            least + 5
         );
     }
     assert!(

@@ -218,9 +218,9 @@ impl Server {
                 }
             };
             if evicted {
-                self.closed(Closed::Evicted);
-                // Let the evicted connection close its socket before the
-                // next accept takes another descriptor.
+                // Counted by the evicted connection itself, when it sees
+                // its slot closing (serve_connection), so once. Let it close
+                // its socket before the next accept takes a descriptor.
                 tokio::task::yield_now().await;
             }
             connections.spawn(self.clone().serve_connection(
