@@ -296,6 +296,77 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     assert!(failed >= 3, "{failed} TLS failures counted\n{metrics}");
 }
 
+/// The value of the metric line starting with `start`, 0 when absent (a
+/// counter never incremented has no line).
+fn counter(metrics: &str, start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn silent_tls_clients_evicted_mid_handshake_close_at_once_counted_once() {
+    const CLIENTS: usize = 300;
+    const MAX: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    leaf(d, "server", "ca", true);
+    // A header (and handshake) timeout far beyond this test's waits: only
+    // eviction can close the silent clients in time.
+    let agent = Agent::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--grpc-tls-cert",
+        &path(d, "server.crt"),
+        "--grpc-tls-key",
+        &path(d, "server.key"),
+        "--api-max-connections",
+        &MAX.to_string(),
+        "--api-header-timeout",
+        "600",
+    ]);
+    let target: std::net::SocketAddr = agent
+        .logged_after("gRPC event stream on https://")
+        .parse()
+        .unwrap();
+    let pid = agent.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Connect and never send a ClientHello.
+    let silent: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| std::net::TcpStream::connect(target).unwrap())
+        .collect();
+    let start = Instant::now();
+    let grpc = "auspex_api_connections_closed_total{api=\"grpc\",reason=";
+    loop {
+        let (_, metrics) = agent.http_get("/metrics");
+        let evicted = counter(&metrics, &format!("{grpc}\"evicted\"}}"));
+        let now = fds();
+        if evicted == (CLIENTS - MAX) as u64 && now <= before + MAX {
+            assert_eq!(
+                counter(&metrics, &format!("{grpc}\"tls_failed\"}}")),
+                0,
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < deadline(),
+            "{CLIENTS} silent clients, at most {MAX} kept: the agent holds {now} descriptors \
+             ({before} before), {evicted} evictions counted\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(silent);
+}
+
 /// curl over TLS trusting only `ca`: the HTTP status, or curl's error.
 fn curl(addr: &str, ca: &str, path: &str) -> Result<String, String> {
     let out = Command::new("curl")
