@@ -330,3 +330,41 @@ fn heartbeats(agent: &Agent) -> u64 {
     let s: Value = serde_json::from_str(&agent.http_get("/status").1).unwrap();
     s["heartbeat"]["last"]["at"].as_u64().unwrap_or(0)
 }
+
+#[test]
+fn a_kept_alive_http1_connection_closes_at_the_header_timeout_counted() {
+    // An idle timeout far beyond the header timeout: only the header timer
+    // can close the kept-alive connection within this test's wait.
+    let agent = Agent::start(&["--api-header-timeout", "1", "--api-idle-timeout", "600"]);
+    let addr = agent.http_addr();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(deadline())).unwrap();
+    use std::io::{Read, Write};
+    write!(stream, "GET /live HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    // The response, then the close (EOF) with nothing more sent.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "the kept-alive connection stayed open {:?}: {e}; read {:?}",
+                start.elapsed(),
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    let (_, metrics) = agent.http_get("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "auspex_api_connections_closed_total{api=\"http\",reason=\"header_timeout\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+}

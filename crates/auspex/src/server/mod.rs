@@ -4,7 +4,9 @@
 //! same limits: at most `max_connections` per listener (the idlest closed
 //! first when more come, table.rs), a deadline for a request's headers, and
 //! connections without a request in progress closed after the idle
-//! timeout. Both APIs are axum routers (tonic's services become one), each
+//! timeout. On HTTP/1 hyper's header timer also runs while a kept-alive
+//! connection waits for its next request, so there the header timeout
+//! closes an idle connection first (counted as header_timeout). Both APIs are axum routers (tonic's services become one), each
 //! connection served by hyper (HTTP/1.1, or HTTP/2 for gRPC).
 
 mod stream;
@@ -298,6 +300,12 @@ impl Server {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
+                    let timed_out = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if timed_out {
+                        self.closed(Closed::HeaderTimeout);
+                    }
                     tracing::debug!("a {} connection ended: {e}", self.name.what);
                 }
             }
