@@ -9,8 +9,7 @@ pub mod codec;
 mod filter;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -45,32 +44,29 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 /// One event as the subscribers get it, with what the filters look at.
 struct Item {
     event: pb::Event,
-    key: Key,
+    /// Read from the JSON by the first subscriber whose filter looks at
+    /// the process, once for all: on the receiving side, so a subscriber
+    /// that has just subscribed never gets an event whose key the sender
+    /// skipped (deciding on the sending side raced with subscribing).
+    key: OnceLock<Key>,
+}
+
+impl Item {
+    fn key(&self) -> &Key {
+        self.key.get_or_init(|| Key::of(&self.event.json))
+    }
 }
 
 /// The sending side.
 #[derive(Clone)]
 struct Feed {
     sender: broadcast::Sender<Arc<Item>>,
-    /// Subscribers whose filters look at the event's process: only then is
-    /// its key read from the JSON.
-    keyed: Arc<AtomicUsize>,
-}
-
-/// Counts a subscriber in `Feed::keyed` while its stream lives.
-struct Keyed(Arc<AtomicUsize>);
-
-impl Drop for Keyed {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Feed {
     fn new() -> Self {
         Feed {
             sender: broadcast::channel(BACKLOG).0,
-            keyed: Arc::default(),
         }
     }
 
@@ -78,7 +74,7 @@ impl Feed {
     fn close(&self) {
         let _ = self.sender.send(Arc::new(Item {
             event: pb::Event::default(),
-            key: Key::default(),
+            key: OnceLock::new(),
         }));
     }
 
@@ -91,17 +87,13 @@ impl Feed {
     /// Hands an event, serialised as the output writes it, to the current
     /// subscribers.
     fn send_json(&self, kind: &str, json: String) {
-        let key = match self.keyed.load(Ordering::Relaxed) {
-            0 => Key::default(),
-            _ => Key::of(&json),
-        };
         // An error only means the last subscriber left meanwhile.
         let _ = self.sender.send(Arc::new(Item {
             event: pb::Event {
                 r#type: kind.to_string(),
                 json,
             },
-            key,
+            key: OnceLock::new(),
         }));
     }
 }
@@ -122,27 +114,20 @@ impl Events for Service {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let filter = Filter::from_request(request.into_inner())?;
-        let keyed = filter.needs_key().then(|| {
-            self.feed.keyed.fetch_add(1, Ordering::Relaxed);
-            Keyed(Arc::clone(&self.feed.keyed))
-        });
         let metrics = Arc::clone(&self.metrics);
         let stream = BroadcastStream::new(self.feed.sender.subscribe())
             // An event without a type is the end (Feed::close): whatever
             // was sent before it has been delivered.
             .take_while(|item| item.as_ref().map_or(true, |i| !i.event.r#type.is_empty()))
-            .filter_map(move |item| {
-                let _keyed = &keyed;
-                match item {
-                    Ok(item) if filter.matches(&item.event.r#type, &item.key) => {
-                        Some(Ok(item.event.clone()))
-                    }
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        metrics.grpc_dropped.inc_by(n);
-                        tracing::warn!("a gRPC subscriber fell behind and lost {n} events");
-                        None
-                    }
+            .filter_map(move |item| match item {
+                Ok(item) if filter.matches(&item.event.r#type, || item.key()) => {
+                    Some(Ok(item.event.clone()))
+                }
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    metrics.grpc_dropped.inc_by(n);
+                    tracing::warn!("a gRPC subscriber fell behind and lost {n} events");
+                    None
                 }
             });
         Ok(Response::new(Box::pin(stream)))
