@@ -140,6 +140,7 @@ pub struct Server {
     /// Where it listens (TCP ports chosen by the kernel filled in).
     pub bound: Vec<Endpoint>,
     feed: Feed,
+    metrics: Arc<Metrics>,
     /// Taken when the stream ends.
     running: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -178,15 +179,50 @@ impl Sink for Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         if !thread.is_finished() {
-            tracing::warn!("gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them");
+            // What the slowest subscriber has not read, end marker aside:
+            // lost with the process, so counted.
+            let unread = self.feed.sender.len().saturating_sub(1);
+            self.metrics.grpc_dropped.inc_by(unread as u64);
+            tracing::warn!(
+                "gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them \
+                 ({unread} events unread)"
+            );
         }
         Ok(())
     }
 }
 
-/// Copies the agent's readiness into the health service, for the whole
-/// server ("") and for auspex.v1.Events, as it changes.
-async fn follow_readiness(reporter: tonic_health::server::HealthReporter, status: SharedStatus) {
+/// The services the health service reports on: the whole server ("") and
+/// auspex.v1.Events.
+const HEALTH_SERVICES: [&str; 2] = [
+    "",
+    <EventsServer<Service> as tonic::server::NamedService>::NAME,
+];
+
+/// Copies the agent's readiness into the health service until `stopped`,
+/// then says NOT_SERVING and ends every Health/Watch stream (dropping a
+/// status's sender ends its watchers), so that the server's graceful stop
+/// does not wait on them: one open Watch made every SIGTERM take the whole
+/// drain timeout (2 s).
+async fn report_health(
+    mut reporter: tonic_health::server::HealthReporter,
+    status: SharedStatus,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    tokio::select! {
+        () = follow_readiness(&reporter, status) => {}
+        _ = stopped => {}
+    }
+    for service in HEALTH_SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter.clear_service_status(service).await;
+    }
+}
+
+/// Copies the agent's readiness into the health service, as it changes.
+async fn follow_readiness(reporter: &tonic_health::server::HealthReporter, status: SharedStatus) {
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
@@ -196,13 +232,9 @@ async fn follow_readiness(reporter: tonic_health::server::HealthReporter, status
                 true => ServingStatus::Serving,
                 false => ServingStatus::NotServing,
             };
-            reporter.set_service_status("", serving).await;
-            reporter
-                .set_service_status(
-                    <EventsServer<Service> as tonic::server::NamedService>::NAME,
-                    serving,
-                )
-                .await;
+            for service in HEALTH_SERVICES {
+                reporter.set_service_status(service, serving).await;
+            }
             last = Some(ready);
         }
         tokio::time::sleep(HEALTH_INTERVAL).await;
@@ -243,16 +275,15 @@ pub fn serve(
             flag: "--grpc-listen",
             api: "grpc",
         },
-        metrics,
+        Arc::clone(&metrics),
         app,
-        follow_readiness(reporter, status),
-        async {
-            let _ = stopped.await;
-        },
+        std::future::ready(()),
+        report_health(reporter, status, stopped),
     )?;
     Ok(Server {
         bound: running.bound,
         feed,
+        metrics,
         running: Some((stop, running.thread)),
     })
 }

@@ -127,7 +127,8 @@ impl Metrics {
         );
         registry.register(
             "grpc_events_dropped",
-            "Events gRPC subscribers lost by falling behind",
+            "Events gRPC subscribers lost by falling behind, or left unread when stopping \
+             gave up waiting for them",
             grpc_dropped.clone(),
         );
         registry.register(
