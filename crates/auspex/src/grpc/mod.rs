@@ -6,6 +6,7 @@
 //! and never waits for a subscriber.
 
 pub mod codec;
+pub mod event;
 mod filter;
 
 use std::pin::Pin;
@@ -41,9 +42,10 @@ const BACKLOG: usize = 4096;
 /// How often the health service copies the agent's readiness.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// One event as the subscribers get it, with what the filters look at.
+/// One event as the subscribers get it (the JSON shared, not copied per
+/// subscriber), with what the filters look at.
 struct Item {
-    event: pb::Event,
+    event: event::Event,
     /// Read from the JSON by the first subscriber whose filter looks at
     /// the process, once for all: on the receiving side, so a subscriber
     /// that has just subscribed never gets an event whose key the sender
@@ -73,7 +75,7 @@ impl Feed {
     /// Tells the subscribers the stream is over, after what was sent.
     fn close(&self) {
         let _ = self.sender.send(Arc::new(Item {
-            event: pb::Event::default(),
+            event: event::Event::default(),
             key: OnceLock::new(),
         }));
     }
@@ -86,12 +88,12 @@ impl Feed {
 
     /// Hands an event, serialised as the output writes it, to the current
     /// subscribers.
-    fn send_json(&self, kind: &str, json: String) {
+    fn send_json(&self, kind: &'static str, json: &str) {
         // An error only means the last subscriber left meanwhile.
         let _ = self.sender.send(Arc::new(Item {
-            event: pb::Event {
-                r#type: kind.to_string(),
-                json,
+            event: event::Event {
+                r#type: kind,
+                json: json.into(),
             },
             key: OnceLock::new(),
         }));
@@ -103,7 +105,7 @@ struct Service {
     metrics: Arc<Metrics>,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<event::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Events for Service {
@@ -120,7 +122,7 @@ impl Events for Service {
             // was sent before it has been delivered.
             .take_while(|item| item.as_ref().map_or(true, |i| !i.event.r#type.is_empty()))
             .filter_map(move |item| match item {
-                Ok(item) if filter.matches(&item.event.r#type, || item.key()) => {
+                Ok(item) if filter.matches(item.event.r#type, || item.key()) => {
                     Some(Ok(item.event.clone()))
                 }
                 Ok(_) => None,
@@ -161,7 +163,7 @@ impl Sink for Server {
     }
 
     fn write(&mut self, kind: &'static str, json: &str) -> std::io::Result<()> {
-        self.feed.send_json(kind, json.to_string());
+        self.feed.send_json(kind, json);
         Ok(())
     }
 
@@ -318,7 +320,7 @@ mod tests {
             let sent = BACKLOG as u32 + 100;
             for pid in 0..sent {
                 let json = serde_json::to_string(&exec(pid)).unwrap();
-                feed.send_json("process_exec", json);
+                feed.send_json("process_exec", &json);
             }
             // The first event still held is the 101st sent.
             let first = stream.next().await.unwrap().unwrap();
