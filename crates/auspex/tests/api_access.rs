@@ -131,9 +131,17 @@ fn grpc_on_a_unix_socket_answers_root_and_refuses_nobody() {
     );
     let (status, stderr) = agent.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status}: {stderr:?}");
+    // A clean stop removes its socket.
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "the socket outlived the agent"
+    );
 
-    // The socket the stopped agent left is replaced by the next one.
-    assert!(socket.exists());
+    // The socket an agent that died left is replaced by the next one.
+    let killed = Agent::start(&["--grpc-listen", &endpoint]);
+    let (status, _) = killed.stop(nix::sys::signal::Signal::SIGKILL);
+    assert!(!status.success(), "{status}");
+    assert!(socket.exists(), "SIGKILL left no socket to replace");
     let again = Agent::start(&["--grpc-listen", &endpoint]);
     let status = runtime().block_on(serving_within(socket.clone()));
     assert_eq!(

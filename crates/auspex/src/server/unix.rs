@@ -3,9 +3,42 @@
 //! as Falco's gRPC socket does it.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+
+/// The socket file this agent placed: removed when the listener is dropped
+/// on a clean stop, unless another agent's socket has replaced it since.
+/// Removed through its directory's descriptor, the one directory the
+/// seccomp filter lets the agent unlink in (lockdown.rs).
+pub struct Placed {
+    dir: std::fs::File,
+    name: std::ffi::OsString,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        use nix::fcntl::AtFlags;
+        let ours = nix::sys::stat::fstatat(
+            &self.dir,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|s| s.st_dev == self.dev && s.st_ino == self.ino);
+        if ours {
+            if let Err(e) = nix::unistd::unlinkat(
+                &self.dir,
+                self.name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                tracing::warn!("cannot remove the gRPC socket {:?}: {e}", self.name);
+            }
+        }
+    }
+}
 
 /// Binds `path`: under a temporary name, made 0600 before listen() (until
 /// then a connect() is refused), then renamed into place, so the socket is
@@ -14,7 +47,7 @@ use std::path::Path;
 /// belong to root (or the agent's user) and be writable by no one else, or
 /// another user could swap the socket. A socket left by an agent that died
 /// is replaced; a live one, or a file that is not a socket, is an error.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+pub fn bind(path: &Path) -> io::Result<(UnixListener, Placed)> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
@@ -59,7 +92,18 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     let listener = listener?;
     listener.set_nonblocking(true)?;
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(path)?;
+    let dir = std::fs::File::open(dir)?;
+    crate::lockdown::allow_unlink_in(dir.as_raw_fd());
+    Ok((
+        listener,
+        Placed {
+            dir,
+            name: name.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    ))
 }
 
 /// Refuses a directory another user could write to (they could replace
