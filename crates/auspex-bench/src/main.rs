@@ -60,6 +60,17 @@ enum Bench {
     KernelCost {
         #[arg(long, default_value_t = 2000)]
         count: u32,
+        /// Another agent binary, measured alternately with --agent: the
+        /// table then compares the in-kernel time of all programs per
+        /// operation (medians of --reps).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Also measure --agent with `--events LIST` (what it saves).
+        #[arg(long, value_name = "LIST")]
+        events: Option<String>,
+        /// Rounds of the comparison, each agent once per round.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// The proc method's /proc scan with 1,000 extra processes and 10,000
     /// extra sockets.
@@ -359,47 +370,144 @@ fn kernel_cost(binary: &Path, count: u32) -> anyhow::Result<String> {
             )?;
             Ok(())
         };
-        let before = program_totals();
-        for _ in 0..count {
-            Command::new("/bin/true").status()?;
+        let programs: [&[&str]; 3] = [
+            &["handle_fork", "handle_exec", "handle_exit"],
+            &["handle_tcp_state"],
+            &["udp_sendmsg4", "udp_release"],
+        ];
+        for ((what, names), run) in OPERATIONS.iter().zip(programs).zip(operations(count)) {
+            let before = program_totals();
+            run()?;
+            row(what, delta(&before, names))?;
         }
-        row(
-            "fork + exec + exit",
-            delta(&before, &["handle_fork", "handle_exec", "handle_exit"]),
-        )?;
-        let before = program_totals();
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let acceptor = std::thread::spawn(move || {
-            for _ in 0..count {
-                let _ = listener.accept();
-            }
-        });
-        for _ in 0..count {
-            drop(TcpStream::connect(addr)?);
-        }
-        acceptor.join().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        row(
-            "TCP connection (both ends)",
-            delta(&before, &["handle_tcp_state"]),
-        )?;
-        let before = program_totals();
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        for i in 0..count {
-            let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
-        }
-        drop(udp);
-        row(
-            "UDP flow (first datagram to a peer, and the socket's close)",
-            delta(&before, &["udp_sendmsg4", "udp_release"]),
-        )?;
         agent.stop()?;
         let _ = std::fs::remove_file(out);
         Ok(table)
     })();
     std::fs::write(BPF_STATS, previous.trim())?;
     result
+}
+
+/// The operations kernel-cost times.
+const OPERATIONS: [&str; 3] = [
+    "fork + exec + exit",
+    "TCP connection (both ends)",
+    "UDP flow (first datagram to a peer, and the socket's close)",
+];
+
+/// In-kernel ns per operation of all the programs of the agent `binary`
+/// started with `args`, for each of [`OPERATIONS`], `count` times each.
+fn kernel_ns_per_operation(binary: &Path, args: &[&str], count: u32) -> anyhow::Result<[f64; 3]> {
+    let out = output_file("kernel-cost");
+    let agent = Agent::start_with(binary, "core_bpf", &out, args, &[])?;
+    let ours = agent.program_ids();
+    let total = || -> u64 { program_totals(&ours).values().map(|t| t.0).sum() };
+    let per_op = |before: u64| (total() - before) as f64 / f64::from(count);
+    let mut ns = [0.0; 3];
+    for (ns, run) in ns.iter_mut().zip(operations(count)) {
+        let before = total();
+        run()?;
+        *ns = per_op(before);
+    }
+    agent.stop()?;
+    let _ = std::fs::remove_file(out);
+    Ok(ns)
+}
+
+/// Each of [`OPERATIONS`], done `count` times.
+fn operations(count: u32) -> [Box<dyn Fn() -> anyhow::Result<()>>; 3] {
+    [
+        Box::new(move || {
+            for _ in 0..count {
+                Command::new("/bin/true").status()?;
+            }
+            Ok(())
+        }),
+        Box::new(move || {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let acceptor = std::thread::spawn(move || {
+                for _ in 0..count {
+                    let _ = listener.accept();
+                }
+            });
+            for _ in 0..count {
+                drop(TcpStream::connect(addr)?);
+            }
+            acceptor.join().unwrap();
+            // The last closes' state changes run after connect returns.
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        }),
+        Box::new(move || {
+            let udp = UdpSocket::bind("127.0.0.1:0")?;
+            for i in 0..count {
+                let _ = udp.send_to(b"x", ("127.0.0.1", 20000 + (i % 40000) as u16));
+            }
+            drop(udp);
+            Ok(())
+        }),
+    ]
+}
+
+/// kernel-cost of several agents (a baseline binary, this one, this one
+/// with `--events`), measured in alternation, `reps` rounds: the medians.
+fn kernel_cost_compared(
+    binary: &Path,
+    baseline: Option<&Path>,
+    events: Option<&str>,
+    count: u32,
+    reps: usize,
+) -> anyhow::Result<String> {
+    let mut configs: Vec<(String, &Path, Vec<&str>)> = Vec::new();
+    if let Some(b) = baseline {
+        configs.push(("baseline".into(), b, vec![]));
+    }
+    configs.push(("this build".into(), binary, vec![]));
+    if let Some(e) = events {
+        configs.push((
+            format!("this build, --events {e}"),
+            binary,
+            vec!["--events", e],
+        ));
+    }
+    let previous = std::fs::read_to_string(BPF_STATS)?;
+    std::fs::write(BPF_STATS, "1")?;
+    let mut samples = vec![Vec::new(); configs.len()];
+    let result = (|| -> anyhow::Result<()> {
+        for _ in 0..reps.max(1) {
+            for (i, (_, path, args)) in configs.iter().enumerate() {
+                samples[i].push(kernel_ns_per_operation(path, args, count)?);
+            }
+        }
+        Ok(())
+    })();
+    std::fs::write(BPF_STATS, previous.trim())?;
+    result?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut table = format!(
+        "In-kernel time of all the agent's programs per operation, µs (median of {} rounds, \
+         agents alternating; {count} operations each):\n\n| operation |",
+        reps.max(1)
+    );
+    for (label, _, _) in &configs {
+        write!(table, " {label} |")?;
+    }
+    table.push_str("\n|---|");
+    table.push_str(&"---|".repeat(configs.len()));
+    table.push('\n');
+    for (op, name) in OPERATIONS.iter().enumerate() {
+        write!(table, "| {name} |")?;
+        for s in &samples {
+            let mut v: Vec<f64> = s.iter().map(|r| r[op]).collect();
+            write!(table, " {:.2} |", median(&mut v) / 1000.0)?;
+        }
+        table.push('\n');
+    }
+    Ok(table)
 }
 
 fn proc_scan(reps: usize) -> anyhow::Result<String> {
@@ -483,7 +591,24 @@ fn main() -> anyhow::Result<()> {
             baseline,
         } => completeness(&args.agent, baseline.as_deref(), *count, *reps)?,
         Bench::CpuPerEvent(a) => cpu_per_event::cpu_per_event(&args.agent, a)?,
-        Bench::KernelCost { count } => kernel_cost(&args.agent, *count)?,
+        Bench::KernelCost {
+            count,
+            baseline: None,
+            events: None,
+            ..
+        } => kernel_cost(&args.agent, *count)?,
+        Bench::KernelCost {
+            count,
+            baseline,
+            events,
+            reps,
+        } => kernel_cost_compared(
+            &args.agent,
+            baseline.as_deref(),
+            events.as_deref(),
+            *count,
+            *reps,
+        )?,
         Bench::ProcScan { reps } => proc_scan(*reps)?,
         Bench::SlowProc(a) => slow_proc::slow_proc(&args.agent, a)?,
         Bench::Workload { mode, seconds } => {

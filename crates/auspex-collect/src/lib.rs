@@ -20,6 +20,8 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     /// How often a scanning method scans.
     pub scan_interval: Duration,
+    /// What to collect: a method loads nothing for the rest.
+    pub events: auspex_events::EventSelection,
 }
 
 /// A kernel feature a method needs, in the words of the feature probes.
@@ -51,6 +53,17 @@ pub trait Features {
 
 /// Everything lost or incomplete so far, by cause (cumulative counts).
 pub type Drops = Vec<(&'static str, u64)>;
+
+/// A program a method attached (in /status: what runs in the kernel).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Program {
+    /// Its name in the BPF object.
+    pub name: String,
+    /// Where it is attached (`tp_btf/sched_process_exec`, ...).
+    pub attach_point: String,
+    /// The kernel's id of the program.
+    pub id: u32,
+}
 
 /// How full the kernel buffer the method reads is, now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,6 +145,10 @@ pub trait Collector {
     /// The BTF file the method's probes were relocated against, if any.
     fn relocated_against(&self) -> Option<PathBuf> {
         None
+    }
+    /// The BPF programs the method attached; none for a method without BPF.
+    fn programs(&self) -> Vec<Program> {
+        Vec::new()
     }
     /// Whether the method reports the sockets that exist already itself (a
     /// scanning method's first scan); otherwise the startup scrape does.

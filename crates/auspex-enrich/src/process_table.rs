@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use auspex_events::{Ancestor, Event, EventKind, Process};
+use auspex_events::{Ancestor, Event, EventKind, Identity, Process};
 use auspex_procfs::ProcReader;
 
 use crate::container_id;
@@ -51,6 +51,12 @@ const CGROUPS_REMEMBERED: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
+    /// Clock ticks since boot; None when unknown.
+    start_ticks: Option<u64>,
+    /// Which image of the process runs: 0 before its first exec (a forked
+    /// child), n after its n-th; None when it was read from /proc without
+    /// an event saying which (taken for 1, see docs/events.md).
+    image: Option<u32>,
     ppid: u32,
     uid: u32,
     /// Shared with every event of the process (an `Arc` clone, no copy).
@@ -72,7 +78,19 @@ pub struct ProcessTable<P: ProcFs = SystemProc> {
     containers: HashMap<u64, Option<String>>,
     /// cgroup ids without a path below the v2 root (the root itself).
     pathless: std::collections::HashSet<u64>,
+    /// The node and boot, for start times and exec ids; without it events
+    /// get neither.
+    identity: Option<Identity>,
     proc: P,
+}
+
+/// Whether an entry and an event's process are the same process (not an
+/// earlier one whose pid was reused), as far as their start times tell.
+fn same_process(entry: Option<u64>, event: Option<u64>) -> bool {
+    match (entry, event) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 impl ProcessTable<SystemProc> {
@@ -89,17 +107,45 @@ impl<P: ProcFs> ProcessTable<P> {
             evicted: 0,
             containers: HashMap::new(),
             pathless: std::collections::HashSet::new(),
+            identity: None,
             proc,
         }
     }
 
+    /// Gives events start times and exec ids of this node and boot.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The exec_id of image `image` of process `pid`, if its start is known.
+    fn exec_id(&self, pid: u32, start_ticks: Option<u64>, image: Option<u32>) -> Option<String> {
+        let identity = self.identity.as_ref()?;
+        Some(identity.exec_id(pid, start_ticks?, image.unwrap_or(1)))
+    }
+
+    /// The current exec_id of process `pid` (read from /proc if unknown).
+    fn exec_id_of(&mut self, pid: u32) -> Option<String> {
+        if pid == 0 {
+            return None;
+        }
+        let entry = self.lookup(pid)?;
+        self.exec_id(pid, entry.start_ticks, entry.image)
+    }
+
+    fn start_time(&self, start_ticks: Option<u64>) -> Option<chrono::DateTime<chrono::Utc>> {
+        Some(self.identity.as_ref()?.start_time(start_ticks?))
+    }
+
     /// Learns from `event` and fills in what its process lacks.
     pub fn apply(&mut self, event: &mut Event) {
+        let scraped = event.scraped;
         match &mut event.kind {
             EventKind::ProcessExec { process } => {
                 // Methods that cannot read the new image from the kernel
-                // leave args (and the parent) to /proc, read now.
-                if process.args.is_none() || process.ppid == 0 {
+                // leave args (and the parent, and the start) to /proc,
+                // read now.
+                if process.args.is_none() || process.ppid == 0 || process.start_ticks.is_none() {
                     if let Some(now) = self.proc.process(process.pid) {
                         if process.args.is_none() {
                             process.args = now.args;
@@ -108,12 +154,29 @@ impl<P: ProcFs> ProcessTable<P> {
                         if process.ppid == 0 {
                             process.ppid = now.ppid;
                         }
+                        if process.start_ticks.is_none() {
+                            process.start_ticks = now.start_ticks;
+                        }
                     }
                 }
+                // The image after the one the table knows this process to
+                // run; the first exec of a process the table did not see
+                // fork (or found at startup) is taken for its first.
+                let image = match self.entries.get(&process.pid) {
+                    Some(e) if !scraped && same_process(e.start_ticks, process.start_ticks) => {
+                        e.image.map_or(1, |i| i + 1)
+                    }
+                    _ => 1,
+                };
+                process.exec_id = self.exec_id(process.pid, process.start_ticks, Some(image));
+                process.start_time = self.start_time(process.start_ticks);
+                process.parent_exec_id = self.exec_id_of(process.ppid);
                 let container = self.resolve_container(process.pid, process.cgroup_id);
                 self.insert(
                     process.pid,
                     Entry {
+                        start_ticks: process.start_ticks,
+                        image: Some(image),
                         ppid: process.ppid,
                         uid: process.uid,
                         exe: process.exe.clone(),
@@ -132,17 +195,45 @@ impl<P: ProcFs> ProcessTable<P> {
                 parent,
                 thread: false,
             } => {
-                // A forked child runs its parent's image, in its cgroup
-                // unless it was cloned into another.
-                if let Some(mut entry) = self.lookup(parent.pid) {
-                    entry.ppid = parent.pid;
-                    entry.uid = process.uid;
-                    if entry.cgroup_id != process.cgroup_id && process.cgroup_id != 0 {
-                        entry.container_id = self.resolve_container(process.pid, process.cgroup_id);
-                        entry.cgroup_id = process.cgroup_id;
+                // Methods without BTF leave the start, and the parent under
+                // CLONE_PARENT, to /proc.
+                if process.start_ticks.is_none() || process.ppid == 0 {
+                    if let Some(now) = self.proc.process(process.pid) {
+                        process.start_ticks = process.start_ticks.or(now.start_ticks);
+                        if process.ppid == 0 {
+                            process.ppid = now.ppid;
+                        }
                     }
-                    self.insert(process.pid, entry);
                 }
+                // The real parent: the caller's parent under CLONE_PARENT.
+                let real_parent = if process.ppid != 0 {
+                    process.ppid
+                } else {
+                    parent.pid
+                };
+                process.parent_exec_id = self.exec_id_of(real_parent);
+                // A forked child runs its caller's image (image 0 of its
+                // own), in its cgroup unless it was cloned into another.
+                let mut entry = self.lookup(parent.pid).unwrap_or(Entry {
+                    start_ticks: None,
+                    image: None,
+                    ppid: 0,
+                    uid: process.uid,
+                    exe: None,
+                    args: None,
+                    args_truncated: None,
+                    cgroup_id: process.cgroup_id,
+                    container_id: None,
+                });
+                entry.ppid = real_parent;
+                entry.uid = process.uid;
+                entry.start_ticks = process.start_ticks;
+                entry.image = Some(0);
+                if entry.cgroup_id != process.cgroup_id && process.cgroup_id != 0 {
+                    entry.container_id = self.resolve_container(process.pid, process.cgroup_id);
+                    entry.cgroup_id = process.cgroup_id;
+                }
+                self.insert(process.pid, entry);
             }
             _ => {}
         }
@@ -150,7 +241,29 @@ impl<P: ProcFs> ProcessTable<P> {
         let Some(process) = event.kind.process_mut() else {
             return;
         };
-        if let Some(entry) = self.lookup(process.pid) {
+        let mut entry = self.lookup(process.pid);
+        if let Some(e) = &entry {
+            // The table's entry is of an earlier process of this pid, whose
+            // end was not seen: forget it, and read this one from /proc.
+            if e.start_ticks < process.start_ticks
+                && !same_process(e.start_ticks, process.start_ticks)
+            {
+                self.entries.remove(&process.pid);
+                entry = self.lookup(process.pid);
+            }
+        }
+        if let Some(entry) = entry {
+            // An entry of a later process of this pid (the event was
+            // queued before the pid's reuse was seen) tells nothing of it.
+            if !same_process(entry.start_ticks, process.start_ticks) {
+                // Nor is an exit of that earlier process the end of this
+                // one: the entry stays.
+                process.start_time = self.start_time(process.start_ticks);
+                return;
+            }
+            process.start_ticks = process.start_ticks.or(entry.start_ticks);
+            process.start_time = self.start_time(process.start_ticks);
+            process.exec_id = self.exec_id(process.pid, process.start_ticks, entry.image);
             if process.ppid == 0 {
                 process.ppid = entry.ppid;
             }
@@ -167,6 +280,11 @@ impl<P: ProcFs> ProcessTable<P> {
             } else {
                 self.resolve_container(process.pid, process.cgroup_id)
             };
+        } else {
+            // Gone before /proc was read, and never seen to fork or exec:
+            // taken for its first image, as a process found at startup is.
+            process.start_time = self.start_time(process.start_ticks);
+            process.exec_id = self.exec_id(process.pid, process.start_ticks, None);
         }
         if exiting {
             self.entries.remove(&process.pid);
@@ -204,6 +322,8 @@ impl<P: ProcFs> ProcessTable<P> {
             if lineage.last().is_none_or(|a| a.exe != entry.exe) {
                 lineage.push(Ancestor {
                     uid: entry.uid,
+                    start_time: self.start_time(entry.start_ticks),
+                    exec_id: self.exec_id(pid, entry.start_ticks, entry.image),
                     exe: entry.exe,
                 });
             }
@@ -219,6 +339,8 @@ impl<P: ProcFs> ProcessTable<P> {
         }
         let p = self.proc.process(pid)?;
         let entry = Entry {
+            start_ticks: p.start_ticks,
+            image: None,
             ppid: p.ppid,
             uid: p.uid,
             container_id: self.resolve_container(pid, p.cgroup_id),
@@ -392,6 +514,68 @@ mod tests {
             .iter()
             .map(|a| a.exe.as_deref().unwrap_or("?"))
             .collect()
+    }
+
+    fn started(mut e: Event, ticks: u64) -> Event {
+        e.kind.process_mut().unwrap().start_ticks = Some(ticks);
+        e
+    }
+
+    fn image_of(e: &Event) -> (u32, u64, u32) {
+        let id = p(e).exec_id.as_deref().expect("an exec_id");
+        let parts = auspex_events::ExecIdParts::parse(id).unwrap();
+        assert_eq!((parts.node.as_str(), parts.boot_id.as_str()), ("n1", "b1"));
+        (parts.pid, parts.start_ticks, parts.image)
+    }
+
+    #[test]
+    fn exec_ids_count_images_from_fork_and_follow_pid_reuse() {
+        let proc = FakeProc::default();
+        let mut table =
+            ProcessTable::with_proc(16, &proc).with_identity(Identity::new("n1", "b1", 0));
+        let mut sh = started(exec(10, 1, "/bin/sh", 1), 100);
+        table.apply(&mut sh);
+        assert_eq!(image_of(&sh), (10, 100, 1), "first seen at exec: image 1");
+        assert_eq!(
+            p(&sh).start_time.unwrap().to_rfc3339(),
+            "1970-01-01T00:00:01+00:00"
+        );
+        let mut f = started(fork(10, 11, 1), 105);
+        table.apply(&mut f);
+        assert_eq!(image_of(&f), (11, 105, 0), "a forked child runs image 0");
+        assert_eq!(p(&f).parent_exec_id, p(&sh).exec_id);
+        let mut c = connection(11, 1);
+        table.apply(&mut c);
+        assert_eq!(p(&c).exec_id, p(&f).exec_id, "its events carry it");
+        let mut e1 = started(exec(11, 10, "/bin/sh", 1), 105);
+        table.apply(&mut e1);
+        assert_eq!(image_of(&e1), (11, 105, 1));
+        assert_eq!(p(&e1).parent_exec_id, p(&sh).exec_id);
+        let mut e2 = started(exec(11, 10, "/bin/true", 1), 105);
+        table.apply(&mut e2);
+        assert_eq!(image_of(&e2), (11, 105, 2), "every exec a new one");
+        let lineage = p(&e2).lineage.as_ref().unwrap();
+        assert_eq!(lineage[0].exec_id, p(&sh).exec_id);
+        assert_eq!(lineage[0].start_time, p(&sh).start_time);
+        let mut x = exit(11, 1);
+        table.apply(&mut x);
+        assert_eq!(p(&x).exec_id, p(&e2).exec_id);
+        // The pid again, for another process: a connection event of the
+        // old one queued behind the new one's fork gets no wrong id.
+        let mut f2 = started(fork(10, 11, 1), 300);
+        table.apply(&mut f2);
+        assert_eq!(image_of(&f2), (11, 300, 0));
+        let mut late = started(connection(11, 1), 105);
+        table.apply(&mut late);
+        assert_eq!(p(&late).exec_id, None);
+        let mut now = started(connection(11, 1), 300);
+        table.apply(&mut now);
+        assert_eq!(p(&now).exec_id, p(&f2).exec_id);
+        // A scraped process is taken for image 1 whatever the table knew.
+        let mut scraped = started(exec(11, 10, "/bin/sh", 1), 300);
+        scraped.scraped = true;
+        table.apply(&mut scraped);
+        assert_eq!(image_of(&scraped), (11, 300, 1));
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //! documented field by field in `docs/events.md`.
 #![forbid(unsafe_code)]
 
+mod identity;
+mod selection;
+
 use std::net::IpAddr;
 use std::sync::Arc;
+
+pub use identity::{ExecIdParts, Identity, NS_PER_TICK};
+pub use selection::EventSelection;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
@@ -16,6 +22,9 @@ use serde::{Serialize, Serializer};
 pub struct Event {
     #[serde(serialize_with = "rfc3339_nanos")]
     pub time: DateTime<Utc>,
+    /// The node the event comes from; set by the pipeline on every event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<Arc<str>>,
     #[serde(flatten)]
     pub kind: EventKind,
     /// Found by reading /proc at start (state that existed before Auspex
@@ -28,6 +37,7 @@ impl Event {
     pub fn new(time: DateTime<Utc>, kind: EventKind) -> Self {
         Event {
             time,
+            node: None,
             kind,
             scraped: false,
         }
@@ -182,6 +192,23 @@ pub struct Process {
     pub tid: u32,
     /// Process id of the real parent.
     pub ppid: u32,
+    /// When the process started, in clock ticks since boot (what
+    /// /proc/PID/stat says); None when the method could not read it.
+    /// Enrichment turns it into `start_time` and `exec_id`.
+    #[serde(skip)]
+    pub start_ticks: Option<u64>,
+    /// When the process started (wall clock, to the clock tick).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_nanos_opt"
+    )]
+    pub start_time: Option<DateTime<Utc>>,
+    /// Identifies the process image across PID reuse, boots and nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    /// On process_exec and process_fork: the real parent's exec_id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_exec_id: Option<String>,
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
@@ -222,6 +249,13 @@ pub struct Ancestor {
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<Arc<str>>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_nanos_opt"
+    )]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

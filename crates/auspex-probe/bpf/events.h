@@ -103,6 +103,10 @@ struct task_info {
 	__u32 gid;
 	__u32 _pad;
 	__u64 cgroup_id;	/* cgroup v2 id of the subject */
+	/* When the subject's process started: its leader's start_boottime
+	 * (CLOCK_BOOTTIME ns, what /proc/PID/stat's starttime counts in clock
+	 * ticks); 0 where the probe cannot read it (no BTF). */
+	__u64 start_boottime;
 	__u8 comm[AUSPEX_COMM_LEN];
 };
 

@@ -70,6 +70,8 @@ static __always_inline void current_task(struct task_info *info)
 	info->gid = uid_gid >> 32;
 	info->_pad = 0;
 	info->cgroup_id = bpf_get_current_cgroup_id();
+	/* Unknown without BTF: userspace reads /proc/PID/stat. */
+	info->start_boottime = 0;
 	bpf_get_current_comm(&info->comm, sizeof(info->comm));
 }
 
@@ -123,7 +125,9 @@ int legacy_fork(struct tp_task_newtask *ctx)
 	e.is_thread = thread;
 	e.hdr.task.tid = ctx->pid;
 	if (!thread) {
-		e.hdr.task.ppid = e.hdr.task.pid;
+		/* Under CLONE_PARENT the child's parent is the caller's parent,
+		 * which the helpers do not tell: 0, for userspace to read. */
+		e.hdr.task.ppid = ctx->clone_flags & CLONE_PARENT ? 0 : e.hdr.task.pid;
 		e.hdr.task.pid = ctx->pid;
 	}
 	bpf_probe_read_kernel_str(&e.hdr.task.comm, sizeof(e.hdr.task.comm), ctx->comm);

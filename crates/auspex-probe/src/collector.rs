@@ -37,6 +37,7 @@ impl Method for CoreBpfMethod {
         let probe = CoreBpf::load(&ProbeConfig {
             btf_file: config.btf_file.clone(),
             ring_buffer_bytes: config.ring_buffer_bytes,
+            events: config.events,
         })?;
         Ok(Box::new(probe))
     }
@@ -60,7 +61,10 @@ impl Method for EbpfMethod {
     }
 
     fn start(&self, config: &Config) -> anyhow::Result<Box<dyn Collector>> {
-        Ok(Box::new(LegacyBpf::load(config.btf_file.as_deref())?))
+        Ok(Box::new(LegacyBpf::load_selected(
+            config.btf_file.as_deref(),
+            config.events,
+        )?))
     }
 }
 
@@ -160,6 +164,17 @@ macro_rules! bpf_collector {
 
             fn relocated_against(&self) -> Option<PathBuf> {
                 $btf(self)
+            }
+
+            fn programs(&self) -> Vec<auspex_collect::Program> {
+                <$probe>::programs(self)
+                    .into_iter()
+                    .map(|p| auspex_collect::Program {
+                        name: p.name.to_string(),
+                        attach_point: p.attach_point,
+                        id: p.id,
+                    })
+                    .collect()
             }
         }
     };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use auspex_events::Event;
+use auspex_events::{Event, EventSelection};
 use libbpf_rs::skel::{OpenSkel, Skel};
 use libbpf_rs::{ErrorKind, Object, ProgramType, RingBuffer, RingBufferBuilder};
 
@@ -34,6 +34,8 @@ pub struct ProbeConfig {
     pub btf_file: Option<PathBuf>,
     /// Size of the ring buffer in bytes: a power of two, at least a page.
     pub ring_buffer_bytes: u32,
+    /// What to collect: the programs of the rest are not loaded.
+    pub events: EventSelection,
 }
 
 impl Default for ProbeConfig {
@@ -41,6 +43,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             btf_file: None,
             ring_buffer_bytes: 8 << 20,
+            events: EventSelection::all(),
         }
     }
 }
@@ -52,11 +55,15 @@ enum Obj {
     Network,
 }
 
-/// What needs a program: the probe itself, or a feature that may run
-/// without it (reported as degraded).
+/// What needs a program: the events it produces (loaded only when
+/// selected), or a feature that may run without it (reported as degraded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
-    Always,
+    Exec,
+    Fork,
+    Exit,
+    /// TCP connections and endpoints.
+    Tcp,
     /// The UDP socket hooks: attached all or none, as a partial set would
     /// report flows it can never close.
     Udp,
@@ -66,16 +73,29 @@ enum Part {
     UdpConnectedLate,
 }
 
+impl Part {
+    /// Whether `events` wants what the part produces.
+    fn wanted(self, events: &EventSelection) -> bool {
+        match self {
+            Part::Exec => events.exec(),
+            Part::Fork => events.fork(),
+            Part::Exit => events.exit(),
+            Part::Tcp => events.tcp(),
+            Part::Udp | Part::UdpConnected | Part::UdpConnectedLate => events.udp(),
+        }
+    }
+}
+
 const fn row(object: Obj, name: &'static str, part: Part) -> Row<Obj, Part> {
     Row { object, name, part }
 }
 
 /// Every program of the method, in the order they are attached.
 const PROGRAMS: [Row<Obj, Part>; 17] = [
-    row(Obj::Process, "handle_exec", Part::Always),
-    row(Obj::Process, "handle_fork", Part::Always),
-    row(Obj::Process, "handle_exit", Part::Always),
-    row(Obj::Network, "handle_tcp_state", Part::Always),
+    row(Obj::Process, "handle_exec", Part::Exec),
+    row(Obj::Process, "handle_fork", Part::Fork),
+    row(Obj::Process, "handle_exit", Part::Exit),
+    row(Obj::Network, "handle_tcp_state", Part::Tcp),
     row(Obj::Network, "udp_sendmsg4", Part::Udp),
     row(Obj::Network, "udp_sendmsg6", Part::Udp),
     row(Obj::Network, "udp_recvmsg4", Part::Udp),
@@ -99,7 +119,8 @@ pub struct CoreBpf {
     ring: RingBuffer<'static>,
     inbox: Rc<RefCell<Inbox>>,
     attached: Vec<Attached>,
-    network: Loaded<Network>,
+    /// None when no network event is wanted.
+    network: Option<Loaded<Network>>,
     process: Loaded<Process>,
     degraded: Vec<Degraded>,
     /// The BTF the probes were relocated against.
@@ -118,6 +139,7 @@ impl CoreBpf {
         features::require_bpf()?;
         features::require_ring_buffer()?;
         let wakeup_bytes = u64::from(config.ring_buffer_bytes / WAKEUP_FRACTION);
+        let events = config.events;
         let mut degraded = Vec::new();
 
         let process = Loaded::<Process>::open(
@@ -132,6 +154,9 @@ impl CoreBpf {
                 if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
                     rodata.wakeup_bytes = wakeup_bytes;
                 }
+                programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Process, |p| {
+                    p.wanted(&events)
+                });
                 Ok(())
             },
         )?;
@@ -139,7 +164,7 @@ impl CoreBpf {
         let timers = ProgramType::CgroupSockAddr
             .is_helper_supported(libbpf_sys::BPF_FUNC_timer_init)
             .unwrap_or(false);
-        if !timers {
+        if events.udp() && !timers {
             degraded.push(Degraded {
                 feature: "udp_connected",
                 reason: "BPF timers are not supported (Linux 5.15+): a connected UDP socket \
@@ -147,51 +172,65 @@ impl CoreBpf {
                     .into(),
             });
         }
-        let network =
-            Loaded::<Network>::open(
-                "network",
-                NetworkSkelBuilder::default(),
-                custom_btf.as_deref(),
-                |open| {
-                    // One ring buffer and one set of counters for all probes.
-                    let shared = &process.get().maps;
-                    open.maps
-                        .events
-                        .reuse_fd(shared.events.as_fd())
-                        .map_err(load_error("network"))?;
-                    open.maps
-                        .counters
-                        .reuse_fd(shared.counters.as_fd())
-                        .map_err(load_error("network"))?;
-                    if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-                        rodata.wakeup_bytes = wakeup_bytes;
-                    }
-                    programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Network, |p| {
-                        match p {
-                            Part::UdpConnected => timers,
-                            Part::UdpConnectedLate => !timers,
-                            _ => true,
+        let network = events
+            .network()
+            .then(|| {
+                Loaded::<Network>::open(
+                    "network",
+                    NetworkSkelBuilder::default(),
+                    custom_btf.as_deref(),
+                    |open| {
+                        // One ring buffer and one set of counters for all probes.
+                        let shared = &process.get().maps;
+                        open.maps
+                            .events
+                            .reuse_fd(shared.events.as_fd())
+                            .map_err(load_error("network"))?;
+                        open.maps
+                            .counters
+                            .reuse_fd(shared.counters.as_fd())
+                            .map_err(load_error("network"))?;
+                        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+                            rodata.wakeup_bytes = wakeup_bytes;
                         }
-                    });
-                    Ok(())
-                },
-            )?;
+                        programs::set_autoload(
+                            open.open_object_mut(),
+                            &PROGRAMS,
+                            Obj::Network,
+                            |p| {
+                                p.wanted(&events)
+                                    && match p {
+                                        Part::UdpConnected => timers,
+                                        Part::UdpConnectedLate => !timers,
+                                        _ => true,
+                                    }
+                            },
+                        );
+                        Ok(())
+                    },
+                )
+            })
+            .transpose()?;
 
-        let object = |o: Obj| match o {
-            Obj::Process => process.get().object(),
-            Obj::Network => network.get().object(),
+        let object = |o: Obj| match (o, &network) {
+            (Obj::Process, _) => process.get().object(),
+            (Obj::Network, Some(n)) => n.get().object(),
+            (Obj::Network, None) => unreachable!("network programs run only when wanted"),
         };
         let mut attached = PROGRAMS
             .iter()
-            .filter(|r| r.part == Part::Always)
+            .filter(|r| matches!(r.part, Part::Exec | Part::Fork | Part::Exit | Part::Tcp))
+            .filter(|r| r.part.wanted(&events))
             .map(|r| programs::attach(object(r.object), r.name, None))
             .collect::<Result<Vec<_>, _>>()?;
-        match attach_udp(&object, timers) {
-            Ok(udp) => attached.extend(udp),
-            Err(reason) => degraded.push(Degraded {
-                feature: "udp",
-                reason,
-            }),
+        if events.udp() {
+            match attach_udp(&object, timers) {
+                Ok(udp) => attached.extend(udp),
+                Err(reason) => degraded.push(Degraded {
+                    feature: "udp",
+                    reason,
+                }),
+            }
         }
 
         let inbox = Inbox::shared(Arrival::InOrder);
@@ -261,7 +300,10 @@ impl CoreBpf {
         &self,
         endpoints: &[auspex_events::Endpoint],
     ) -> Result<usize, ProbeError> {
-        crate::listeners::seed(&self.network.get().maps.listeners, endpoints, true)
+        match &self.network {
+            Some(n) => crate::listeners::seed(&n.get().maps.listeners, endpoints, true),
+            None => Ok(0),
+        }
     }
 
     /// Features running without some of their parts.
@@ -286,7 +328,7 @@ impl CoreBpf {
 
     /// Kernel ids of the probe's maps, to check that they go away.
     pub fn map_ids(&self) -> Vec<u32> {
-        programs::map_ids(&[self.process.get().object(), self.network.get().object()])
+        programs::map_ids(&self.objects())
     }
 
     /// (bytes written and not yet read, size) of the ring buffer: read
@@ -310,10 +352,14 @@ impl CoreBpf {
 
     /// Each attached program's run time and count.
     pub fn run_stats(&self) -> Vec<crate::ProgramRunStats> {
-        programs::run_stats(
-            &[self.process.get().object(), self.network.get().object()],
-            &self.attached,
-        )
+        programs::run_stats(&self.objects(), &self.attached)
+    }
+
+    /// The loaded objects: the network one only when network events are wanted.
+    fn objects(&self) -> Vec<&Object> {
+        let mut objects = vec![self.process.get().object()];
+        objects.extend(self.network.as_ref().map(|n| n.get().object()));
+        objects
     }
 
     /// How many programs are attached.
@@ -339,7 +385,7 @@ fn attach_udp<'a>(
             Part::Udp => true,
             Part::UdpConnected => timers,
             Part::UdpConnectedLate => !timers,
-            Part::Always => false,
+            Part::Exec | Part::Fork | Part::Exit | Part::Tcp => false,
         })
         .map(|r| programs::attach(object(r.object), r.name, Some(&root)).map_err(|e| e.to_string()))
         .collect()

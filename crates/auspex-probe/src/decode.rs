@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use auspex_events::{
     Connection, Endpoint, Event, EventKind, ExitStatus, Process, Protocol, Role, SockId,
-    SocketAddr, TaskId,
+    SocketAddr, TaskId, NS_PER_TICK,
 };
 
 use crate::clock::BootClock;
@@ -328,6 +328,8 @@ fn process(h: &task_info) -> Process {
         gid: h.gid,
         comm: c_string(&h.comm),
         cgroup_id: h.cgroup_id,
+        // /proc/PID/stat's rounding (nsec_to_clock_t): down to the tick.
+        start_ticks: (h.start_boottime != 0).then_some(h.start_boottime / NS_PER_TICK),
         ..Process::default()
     }
 }

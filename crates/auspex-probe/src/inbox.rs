@@ -65,7 +65,11 @@ impl Inbox {
                 self.events.push_back(*event);
             }
             Decoded::UdpReleased { time, sock_id } => {
-                self.events.extend(self.udp.release(sock_id, time));
+                let closes = match self.arrival {
+                    Arrival::InOrder => self.udp.release(sock_id, time),
+                    Arrival::PerCpu => self.udp.release_or_hold(sock_id, time),
+                };
+                self.events.extend(closes);
             }
         }
     }
@@ -79,7 +83,13 @@ impl Inbox {
             Decoded::Event(e) => e.time,
             Decoded::UdpReleased { time, .. } => *time,
         });
+        // Releases the last read could not match wait for this one's opens
+        // (a release written on a CPU read after the one its open was
+        // written on, but after that CPU had been read).
+        let held = self.udp.take_held();
         batch.drain(..).for_each(|d| self.apply(d));
+        let closes = self.udp.retry_held(held);
+        self.events.extend(closes);
         // Drained, not taken: both keep their room for the next poll
         // instead of growing again from nothing (a realloc and a copy of
         // every event at each doubling, issue 19's profile).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use auspex_events::Event;
+use auspex_events::{Event, EventSelection};
 use libbpf_rs::skel::{OpenSkel, Skel};
 
 use crate::decode::trim_perf_padding;
@@ -58,19 +58,49 @@ impl Variant {
 /// What a program needs: the variant of the probe that runs it, and for the
 /// UDP socket hooks a cgroup v2 root to attach to (all or none, as in
 /// core_bpf: a partial set would report flows it can never close).
+/// And the events it produces: it is loaded only when they are wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Part {
     variant: Variant,
     udp: bool,
+    produces: Produces,
 }
 
-const fn row(object: Obj, name: &'static str, variant: Variant) -> Row<Obj, Part> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Produces {
+    Exec,
+    Fork,
+    Exit,
+    Tcp,
+    Udp,
+}
+
+impl Part {
+    fn runs(self, with_btf: bool, events: &EventSelection) -> bool {
+        self.variant.runs(with_btf)
+            && match self.produces {
+                Produces::Exec => events.exec(),
+                Produces::Fork => events.fork(),
+                Produces::Exit => events.exit(),
+                Produces::Tcp => events.tcp(),
+                Produces::Udp => events.udp(),
+            }
+    }
+}
+
+const fn row(
+    object: Obj,
+    name: &'static str,
+    variant: Variant,
+    produces: Produces,
+) -> Row<Obj, Part> {
     Row {
         object,
         name,
         part: Part {
             variant,
             udp: false,
+            produces,
         },
     }
 }
@@ -85,20 +115,59 @@ const fn udp(object: Obj, name: &'static str) -> Row<Obj, Part> {
     Row {
         object,
         name,
-        part: Part { variant, udp: true },
+        part: Part {
+            variant,
+            udp: true,
+            produces: Produces::Udp,
+        },
     }
 }
 
 /// Every program of the method, in the order they are attached.
 const PROGRAMS: [Row<Obj, Part>; 30] = [
-    row(Obj::Legacy, "legacy_fork", Variant::Both),
-    row(Obj::Legacy, "legacy_tcp_state", Variant::WithoutBtf),
-    row(Obj::Legacy, "legacy_exec", Variant::WithoutBtf),
-    row(Obj::Legacy, "legacy_exit", Variant::WithoutBtf),
-    row(Obj::Legacy, "legacy_exit_group", Variant::WithoutBtf),
-    row(Obj::LegacyBtf, "legacy_exec_btf", Variant::WithBtf),
-    row(Obj::LegacyBtf, "legacy_exit_btf", Variant::WithBtf),
-    row(Obj::LegacyBtf, "legacy_tcp_state_btf", Variant::WithBtf),
+    row(Obj::Legacy, "legacy_fork", Variant::Both, Produces::Fork),
+    row(
+        Obj::Legacy,
+        "legacy_tcp_state",
+        Variant::WithoutBtf,
+        Produces::Tcp,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exec",
+        Variant::WithoutBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::Legacy,
+        "legacy_exit_group",
+        Variant::WithoutBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exec_btf",
+        Variant::WithBtf,
+        Produces::Exec,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_exit_btf",
+        Variant::WithBtf,
+        Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_tcp_state_btf",
+        Variant::WithBtf,
+        Produces::Tcp,
+    ),
     udp(Obj::Legacy, "udp_sendmsg4"),
     udp(Obj::Legacy, "udp_sendmsg6"),
     udp(Obj::Legacy, "udp_recvmsg4"),
@@ -142,10 +211,18 @@ impl LegacyBpf {
     /// Loads with CO-RE reads when some BTF is at hand (the kernel's, or
     /// `btf_file`), and without when there is none or it does not fit.
     pub fn load(btf_file: Option<&Path>) -> Result<Self, ProbeError> {
+        Self::load_selected(btf_file, EventSelection::all())
+    }
+
+    /// As `load`, with only the programs of the `events` wanted.
+    pub fn load_selected(
+        btf_file: Option<&Path>,
+        events: EventSelection,
+    ) -> Result<Self, ProbeError> {
         retry_interrupted(|| {
             let usable = btf_file.is_none_or(|f| btf::check_btf_file(f).is_ok());
             if usable && (btf_file.is_some() || btf::kernel_btf_present()) {
-                match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere()))) {
+                match Self::load_once(Some(btf_file.or(btf::kernel_btf_elsewhere())), events) {
                     Err(e @ ProbeError::Interrupted { .. }) => return Err(e),
                     Err(e) => {
                         tracing::debug!("the ebpf method runs without CO-RE reads: {e}");
@@ -153,12 +230,12 @@ impl LegacyBpf {
                     ok => return ok,
                 }
             }
-            Self::load_once(None)
+            Self::load_once(None, events)
         })
     }
 
     /// `core`: Some(BTF file or the kernel's) to add the CO-RE programs.
-    fn load_once(core: Option<Option<&Path>>) -> Result<Self, ProbeError> {
+    fn load_once(core: Option<Option<&Path>>, events: EventSelection) -> Result<Self, ProbeError> {
         libbpf_log::forward_to_tracing();
         privileges::check()?;
         features::require_bpf()?;
@@ -176,12 +253,12 @@ impl LegacyBpf {
             Loaded::<Legacy>::open("legacy", LegacySkelBuilder::default(), None, |open| {
                 // The CO-RE twins, if loaded, replace some programs.
                 programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::Legacy, |p| {
-                    p.variant.runs(with_btf)
+                    p.runs(with_btf, &events)
                 });
                 Ok(())
             })?;
         let btf_programs = match core {
-            Some(btf_file) => Some(Self::load_core(&legacy, btf_file)?),
+            Some(btf_file) => Some(Self::load_core(&legacy, btf_file, events)?),
             None => None,
         };
 
@@ -190,19 +267,21 @@ impl LegacyBpf {
             (Obj::LegacyBtf, Some(b)) => b.get().object(),
             (Obj::LegacyBtf, None) => unreachable!("CO-RE programs run only with BTF"),
         };
-        let runs = |p: &Part| p.variant.runs(with_btf);
+        let runs = |p: &Part| p.runs(with_btf, &events);
         let mut attached = PROGRAMS
             .iter()
             .filter(|r| runs(&r.part) && !r.part.udp)
             .map(|r| programs::attach(object(r.object), r.name, None))
             .collect::<Result<Vec<_>, _>>()?;
         let mut degraded = Vec::new();
-        match attach_udp(&object, &runs) {
-            Ok(udp) => attached.extend(udp),
-            Err(reason) => degraded.push(Degraded {
-                feature: "udp",
-                reason,
-            }),
+        if events.udp() {
+            match attach_udp(&object, &runs) {
+                Ok(udp) => attached.extend(udp),
+                Err(reason) => degraded.push(Degraded {
+                    feature: "udp",
+                    reason,
+                }),
+            }
         }
 
         let inbox = Inbox::shared(Arrival::PerCpu);
@@ -223,18 +302,20 @@ impl LegacyBpf {
         };
         // No BPF timer here (the method is the fallback for kernels without
         // them): the hook cannot wait for connect() to bind the socket.
-        degraded.push(Degraded {
-            feature: "udp_connected",
-            reason: if with_btf {
-                "the ebpf method has no BPF timers: a connected UDP socket is reported \
+        if events.udp() {
+            degraded.push(Degraded {
+                feature: "udp_connected",
+                reason: if with_btf {
+                    "the ebpf method has no BPF timers: a connected UDP socket is reported \
                  when it is closed, not when it connects"
-                    .into()
-            } else {
-                "no usable BTF and no BPF timers: a connected UDP socket is reported when \
+                        .into()
+                } else {
+                    "no usable BTF and no BPF timers: a connected UDP socket is reported when \
                  it is closed, without its local address and port (0)"
-                    .into()
-            },
-        });
+                        .into()
+                },
+            });
+        }
         if btf_programs.is_none() {
             degraded.push(Degraded {
                 feature: "core_reads",
@@ -265,6 +346,7 @@ impl LegacyBpf {
     fn load_core(
         legacy: &Loaded<Legacy>,
         btf_file: Option<&Path>,
+        events: EventSelection,
     ) -> Result<Loaded<LegacyBtf>, ProbeError> {
         const PROBE: &str = "legacy (CO-RE)";
         Loaded::<LegacyBtf>::open(PROBE, LegacyBtfSkelBuilder::default(), btf_file, |open| {
@@ -293,6 +375,9 @@ impl LegacyBpf {
             maps.udp_flows
                 .reuse_fd(shared.udp_flows.as_fd())
                 .map_err(load_error(PROBE))?;
+            programs::set_autoload(open.open_object_mut(), &PROGRAMS, Obj::LegacyBtf, |p| {
+                p.runs(true, &events)
+            });
             Ok(())
         })
     }

@@ -22,6 +22,9 @@ fn owner(p: &Process) -> task_info {
         gid: p.gid,
         _pad: 0,
         cgroup_id: p.cgroup_id,
+        start_boottime: p
+            .start_ticks
+            .map_or(0, |t| t.saturating_mul(auspex_events::NS_PER_TICK)),
         comm: [0; 16],
     };
     // Like the kernel's comm: at most 15 bytes and a NUL.

@@ -134,6 +134,8 @@ pub(crate) fn run_stats(objects: &[&Object], attached: &[Attached]) -> Vec<crate
     objects
         .iter()
         .flat_map(|o| o.progs())
+        // A program left out of the load has no descriptor to ask.
+        .filter(|p| p.autoload())
         .filter_map(|p| {
             let mut info = libbpf_sys::bpf_prog_info::default();
             let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use auspex_events::{Connection, Endpoint, Event, EventKind, Protocol, SockId};
 use chrono::{DateTime, Utc};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Reported {
+    /// When the first of them was reported open.
+    since: DateTime<Utc>,
     connections: Vec<Connection>,
     endpoint: Option<Endpoint>,
 }
@@ -19,6 +21,9 @@ struct Reported {
 #[derive(Debug)]
 pub struct UdpSockets {
     open: HashMap<SockId, Reported>,
+    /// Releases of sockets not (yet) reported open, kept for one more
+    /// read: see [`UdpSockets::release_or_hold`].
+    held: Vec<(SockId, DateTime<Utc>)>,
     capacity: usize,
     forgotten: u64,
 }
@@ -27,6 +32,7 @@ impl UdpSockets {
     pub fn new(capacity: usize) -> Self {
         UdpSockets {
             open: HashMap::new(),
+            held: Vec::new(),
             capacity,
             forgotten: 0,
         }
@@ -45,7 +51,11 @@ impl UdpSockets {
                 self.forgotten += 1;
             }
         }
-        let reported = self.open.entry(sock_id).or_default();
+        let reported = self.open.entry(sock_id).or_insert_with(|| Reported {
+            since: event.time,
+            connections: Vec::new(),
+            endpoint: None,
+        });
         match &event.kind {
             EventKind::ConnectionOpen(c) => reported.connections.push(c.clone()),
             EventKind::EndpointOpen(e) => reported.endpoint = Some(e.clone()),
@@ -58,6 +68,43 @@ impl UdpSockets {
         let Some(reported) = self.open.remove(&sock_id) else {
             return Vec::new();
         };
+        Self::closes(reported, time)
+    }
+
+    /// [`release`](Self::release) for records read one CPU's buffer after
+    /// another: a release of a socket not reported open is kept until
+    /// [`retry_held`](Self::retry_held), as its open may have been written
+    /// on a CPU whose buffer this read had already passed (it then comes
+    /// with the next read). Most such releases are of sockets that never
+    /// sent, and are dropped by the retry.
+    pub fn release_or_hold(&mut self, sock_id: SockId, time: DateTime<Utc>) -> Vec<Event> {
+        if !self.open.contains_key(&sock_id) {
+            self.held.push((sock_id, time));
+        }
+        self.release(sock_id, time)
+    }
+
+    /// The closes owed for the releases held by the read before the last
+    /// one, now that the last one's opens are known. Only an open older
+    /// than the release is closed: a newer one is a new socket that got the
+    /// released one's id.
+    pub fn retry_held(&mut self, held: Vec<(SockId, DateTime<Utc>)>) -> Vec<Event> {
+        let mut closes = Vec::new();
+        for (sock_id, time) in held {
+            if self.open.get(&sock_id).is_some_and(|r| r.since <= time) {
+                closes.extend(self.release(sock_id, time));
+            }
+        }
+        closes
+    }
+
+    /// The releases held since the last read, handed over for
+    /// [`retry_held`](Self::retry_held) after the next.
+    pub fn take_held(&mut self) -> Vec<(SockId, DateTime<Utc>)> {
+        std::mem::take(&mut self.held)
+    }
+
+    fn closes(reported: Reported, time: DateTime<Utc>) -> Vec<Event> {
         let connections = reported
             .connections
             .into_iter()
@@ -138,6 +185,31 @@ mod tests {
             "TCP is not tracked here"
         );
         assert_eq!(udp.release(SockId(2), t).len(), 1);
+    }
+
+    #[test]
+    fn a_release_read_before_its_open_closes_it_after_the_next_read() {
+        let mut udp = UdpSockets::new(16);
+        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
+        // Read 1: socket 7's release (its open was on a CPU already read),
+        // and socket 8's, which never sent.
+        assert!(udp.release_or_hold(SockId(7), t(5)).is_empty());
+        assert!(udp.release_or_hold(SockId(8), t(5)).is_empty());
+        let held = udp.take_held();
+        // Read 2: socket 7's open, from time 1; socket 8's id reused by a
+        // new socket opened after the release, which stays open.
+        udp.observe(&open(7, Protocol::Udp, "10.0.0.2:53"));
+        let mut reused = open(8, Protocol::Udp, "10.0.0.9:53");
+        reused.time = t(6);
+        udp.observe(&reused);
+        let closes = udp.retry_held(held);
+        assert_eq!(closes.len(), 1, "{closes:?}");
+        let EventKind::ConnectionClose(c) = &closes[0].kind else {
+            panic!("{closes:?}")
+        };
+        assert_eq!((c.sock_id, closes[0].time), (SockId(7), t(5)));
+        assert!(udp.take_held().is_empty());
+        assert_eq!(udp.release(SockId(8), t(7)).len(), 1);
     }
 
     #[test]

@@ -61,6 +61,9 @@ impl ProcReader {
         if let Ok(stat) = p.stat() {
             process.ppid = stat.ppid as u32;
             process.comm = stat.comm;
+            // Clock ticks since boot; the BPF methods round the kernel's
+            // nanoseconds down to the same unit.
+            process.start_ticks = Some(stat.starttime);
         }
         if let Ok(status) = p.status() {
             process.uid = status.ruid;
@@ -117,6 +120,12 @@ mod tests {
             Some(std::env::args().count())
         );
         assert_eq!(p.ppid, std::os::unix::process::parent_id());
+        assert!(p.start_ticks.is_some_and(|t| t > 0));
+        // The unit every method rounds start times to.
+        assert_eq!(
+            procfs::ticks_per_second(),
+            1_000_000_000 / auspex_events::NS_PER_TICK
+        );
         assert!(all_pids().contains(&me));
     }
 

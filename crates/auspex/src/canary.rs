@@ -38,6 +38,8 @@ pub struct Canary {
     /// heartbeat, which only execs.
     pub tcp_port: Option<u16>,
     me: u32,
+    /// Whether the exec is checked (`--events` may leave it out).
+    check_exec: bool,
     seen_exec: bool,
     seen_tcp: bool,
     started: Instant,
@@ -45,8 +47,9 @@ pub struct Canary {
 
 impl Canary {
     /// Makes the activity. `with_tcp`: the full canary; without, the
-    /// lighter heartbeat.
-    pub fn launch(with_tcp: bool) -> io::Result<Canary> {
+    /// lighter heartbeat. `check_exec`: whether the exec must be seen (not
+    /// when `--events` leaves process_exec out: its probe is not loaded).
+    pub fn launch(check_exec: bool, with_tcp: bool) -> io::Result<Canary> {
         let nonce = nonce();
         let expected_nonce = if crate::hooks::canary_misses(!with_tcp) {
             format!("never-{nonce}")
@@ -81,7 +84,8 @@ impl Canary {
             exec_pid,
             tcp_port,
             me: std::process::id(),
-            seen_exec: false,
+            check_exec,
+            seen_exec: !check_exec,
             seen_tcp: false,
             started,
         })
@@ -138,11 +142,15 @@ impl Canary {
             at: now_secs(),
         };
         if self.passed() {
-            let what = match self.tcp_port {
-                Some(_) => "its exec and TCP connection",
-                None => "its exec",
+            let what = match (self.check_exec, self.tcp_port) {
+                (true, Some(_)) => "saw its exec and TCP connection",
+                (true, None) => "saw its exec",
+                (false, Some(_)) => "saw its TCP connection (--events selects no exec)",
+                (false, None) => {
+                    "nothing to see: --events selects neither execs nor TCP connections"
+                }
             };
-            Some(result(true, format!("saw {what} in {took:?}")))
+            Some(result(true, format!("{what} in {took:?}")))
         } else if took > timeout {
             let missing = self.missing();
             Some(result(
@@ -211,7 +219,7 @@ impl Heartbeat {
         if let Some(due) = self.next.filter(|due| Instant::now() >= *due) {
             self.next = Some(due + self.every);
             if self.running.is_none() {
-                match Canary::launch(false) {
+                match Canary::launch(true, false) {
                     Ok(beat) => {
                         remember(&beat);
                         self.running = Some(beat);

@@ -273,6 +273,20 @@ pub struct RunFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sink_queue: Option<usize>,
 
+    /// What to collect, as groups (`process`, `tcp`, `udp`, `endpoints`,
+    /// `all`) and event types (`process_exec`, `connection_open`, ...)
+    /// separated by commas; the probes of what is not wanted are not loaded
+    /// [default: all].
+    #[arg(long, value_name = "LIST", value_parser = values::parse_events)]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_events")]
+    pub events: Option<auspex_events::EventSelection>,
+
+    /// The `node` of every event; without it, $NODE_NAME (as a DaemonSet
+    /// sets it from the downward API), else the host name.
+    #[arg(long, value_name = "NAME", value_parser = values::parse_node_name)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
     /// Where the HTTP API (/live, /ready, /status, /metrics) listens, or
     /// `off` [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR", value_parser = values::parse_listen)]
@@ -356,6 +370,13 @@ pub struct RunFlags {
 // Flags in the form the config layers read (skipped when None).
 fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     values::secs::serialize(&d.unwrap_or_default(), s)
+}
+
+fn opt_events<S: serde::Serializer>(
+    e: &Option<auspex_events::EventSelection>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    values::events::serialize(&e.unwrap_or_default(), s)
 }
 
 fn opt_ring_size<S: serde::Serializer>(b: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {

@@ -11,6 +11,7 @@ mod events;
 mod grpc;
 mod hooks;
 mod http;
+mod identity;
 mod lockdown;
 mod methods;
 mod metrics;

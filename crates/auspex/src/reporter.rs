@@ -86,8 +86,15 @@ impl Reporter {
         change(&mut self.status.lock().unwrap())
     }
 
-    pub fn starting(&self, requested: &str, btf_source: String, features: &FeatureReport) {
+    pub fn starting(
+        &self,
+        requested: &str,
+        btf_source: String,
+        features: &FeatureReport,
+        events: &auspex_events::EventSelection,
+    ) {
         self.update(|s| {
+            s.events_selected = events.to_string();
             s.method_requested = requested.to_string();
             s.btf_source = btf_source;
             s.features = Some(features.clone());
@@ -138,7 +145,13 @@ impl Reporter {
     /// relocated against. A method given up for it is also written to the
     /// termination log, so that the pod's status shows it (a fatal error
     /// later overwrites it).
-    pub fn chosen(&self, method: &'static str, degraded: Vec<Degraded>, btf: Option<BtfUsed>) {
+    pub fn chosen(
+        &self,
+        method: &'static str,
+        degraded: Vec<Degraded>,
+        btf: Option<BtfUsed>,
+        programs: Vec<auspex_collect::Program>,
+    ) {
         self.metrics.set_method(method);
         for d in &degraded {
             tracing::warn!(feature = %d.feature, "running without it: {}", d.reason);
@@ -156,6 +169,7 @@ impl Reporter {
             s.method = Some(method);
             s.degraded = degraded;
             s.btf = btf;
+            s.programs = programs;
             s.attempts.len().saturating_sub(1)
         });
         if given_up > 0 {

@@ -232,7 +232,13 @@ fn collect(
     args: &RunArgs,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut heartbeat = Heartbeat::new(args.heartbeat_interval, args.canary_timeout);
+    // The heartbeat is an exec: without exec events there is none to see.
+    let every = if args.events.exec() {
+        args.heartbeat_interval
+    } else {
+        Duration::ZERO
+    };
+    let mut heartbeat = Heartbeat::new(every, args.canary_timeout);
     let mut next_delta = Instant::now() + args.delta_interval;
     let mut next_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) && !pipeline.failed() {

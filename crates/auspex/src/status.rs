@@ -96,6 +96,11 @@ pub struct Status {
     pub btf: Option<BtfUsed>,
     pub features: Option<FeatureReport>,
     pub degraded: Vec<Degraded>,
+    /// What `--events` selected.
+    pub events_selected: String,
+    /// The BPF programs the running method attached (none for `proc`):
+    /// what is not selected is not among them.
+    pub programs: Vec<auspex_collect::Program>,
     /// What the agent keeps of its privileges once running; None until
     /// then, or when --lockdown=false.
     pub lockdown: Option<crate::lockdown::Lockdown>,

@@ -14,6 +14,7 @@
 #[path = "any_kernel/cells.rs"]
 mod cells;
 mod common;
+mod identity_checks;
 
 use std::net::{TcpListener, TcpStream};
 
@@ -177,4 +178,19 @@ fn ebpf_reports_every_event_type() {
 #[test]
 fn proc_reports_every_event_type() {
     cells::every_event_type("proc");
+}
+
+/// Process identity under every method: exec_ids across forced PID reuse
+/// and through a chain of parents (tests/identity_checks).
+#[test]
+fn every_method_gives_exec_ids_across_pid_reuse_and_a_chain_of_parents() {
+    for method in ["auto", "ebpf", "proc"] {
+        let (agent, _) = match method {
+            "auto" => auto_agent(),
+            m => agent_with(m, m),
+        };
+        identity_checks::pid_reuse_gives_each_process_its_own_exec_id(&agent);
+        identity_checks::parent_exec_ids_follow_a_chain_of_three(&agent);
+        stop(agent);
+    }
 }

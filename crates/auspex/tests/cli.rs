@@ -38,6 +38,23 @@ fn run_writes_exact_exec_fork_exit_events_and_stops_cleanly() {
     let mut process = exec["process"].clone();
     let lineage = process.as_object_mut().unwrap().remove("lineage").unwrap();
     assert_eq!(lineage[0]["exe"], canonical("/proc/self/exe"), "{exec}");
+    // Its identity: the fork's start, its first image, this test its
+    // parent (tests/identity.rs has the rest).
+    let mut identity = |key| process.as_object_mut().unwrap().remove(key).unwrap();
+    let (start_time, exec_id, parent_exec_id) = (
+        identity("start_time"),
+        identity("exec_id"),
+        identity("parent_exec_id"),
+    );
+    assert_eq!(start_time, fork["process"]["start_time"], "{exec}\n{fork}");
+    assert_eq!(parent_exec_id, lineage[0]["exec_id"], "{exec}");
+    let parts = |id: &Value| auspex_events::ExecIdParts::parse(id.as_str().unwrap()).unwrap();
+    let (image, forked) = (parts(&exec_id), parts(&fork["process"]["exec_id"]));
+    assert_eq!(
+        (image.pid, image.start_ticks, image.image),
+        (pid, forked.start_ticks, 1),
+        "{exec}"
+    );
     assert_eq!(
         process,
         json!({

@@ -157,8 +157,12 @@ fn lineage_of_nested_shells() {
     let lineage = exec["process"]["lineage"].as_array().unwrap().clone();
     // Two shells in a row collapse into one entry.
     assert_eq!(
-        lineage[0],
-        json!({"uid": 0, "exe": canonical("/bin/sh")}),
+        (&lineage[0]["uid"], &lineage[0]["exe"]),
+        (&json!(0), &json!(canonical("/bin/sh"))),
+        "{exec}"
+    );
+    assert_eq!(
+        lineage[0]["exec_id"], exec["process"]["parent_exec_id"],
         "{exec}"
     );
     assert_eq!(lineage[1]["exe"], test_exe, "{exec}");

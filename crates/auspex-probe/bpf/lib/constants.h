@@ -17,6 +17,7 @@
 
 /* include/uapi/linux/sched.h */
 #define CLONE_THREAD 0x00010000
+#define CLONE_PARENT 0x00008000
 
 /* include/uapi/asm-generic/errno-base.h */
 #define EEXIST 17

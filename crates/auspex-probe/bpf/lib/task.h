@@ -20,6 +20,10 @@ static __always_inline void fill_task(struct task_info *info, struct task_struct
 	 * the child, which may have been cloned into another cgroup. */
 	info->cgroup_id = KREAD(trusted, task->cgroups->dfl_cgrp->kn->id, task, cgroups, dfl_cgrp,
 				kn, id);
+	/* The leader's: a thread's own start is not the process's, and exec
+	 * (de_thread) gives the exec'ing thread its leader's start anyway. */
+	info->start_boottime = KREAD(trusted, task->group_leader->start_boottime, task,
+				     group_leader, start_boottime);
 	if (trusted)
 		__builtin_memcpy(info->comm, task->comm, sizeof(info->comm));
 	else

@@ -40,6 +40,8 @@ pub struct Started {
     pub reports_existing_sockets: bool,
     /// The BTF its probes were relocated against, if any.
     pub btf: Option<std::path::PathBuf>,
+    /// The BPF programs it attached.
+    pub programs: Vec<auspex_collect::Program>,
 }
 
 /// What the reader shares with the run loop.
@@ -290,6 +292,7 @@ fn started(collector: &dyn Collector, shared: &Shared) -> Started {
         degraded: collector.degraded(),
         reports_existing_sockets: collector.reports_existing_sockets(),
         btf: collector.relocated_against(),
+        programs: collector.programs(),
     }
 }
 
@@ -397,6 +400,7 @@ mod tests {
             btf_file: None,
             ring_buffer_bytes: 4096,
             scan_interval: Duration::from_secs(1),
+            events: auspex_events::EventSelection::all(),
         }
     }
 

@@ -38,6 +38,7 @@ impl<'a> From<&'a RunArgs> for Selection<'a> {
                 btf_file: args.btf.clone(),
                 ring_buffer_bytes: args.ring_buffer_size,
                 scan_interval: args.scan_interval,
+                events: args.events,
             },
             canary_timeout: args.canary_timeout,
             kernel_btf: &args.kernel_btf,
@@ -68,7 +69,12 @@ pub fn select(
         Some(path) => format!("file {}", path.display()),
         None => format!("kernel {}", selection.kernel_btf.display()),
     };
-    reporter.starting(selection.requested, btf_source, &features);
+    reporter.starting(
+        selection.requested,
+        btf_source,
+        &features,
+        &selection.config.events,
+    );
     let candidates = crate::methods::candidates(selection.requested)?;
     for (i, method) in candidates.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
@@ -91,7 +97,7 @@ pub fn select(
             let btf = btf_used(started.btf.as_deref(), &selection.config);
             let mut degraded = started.degraded;
             degraded.extend(blind_spots(selection.requested, method.name(), &features));
-            reporter.chosen(method.name(), degraded, btf);
+            reporter.chosen(method.name(), degraded, btf, started.programs);
             return Ok(Some(Running {
                 method: method.name(),
                 reader,
@@ -125,7 +131,14 @@ fn attempt(
     let (mut reader, started) = Reader::start(method, &selection.config)
         .map_err(|e| (Outcome::Failed, format!("{e:#}")))?;
     let timeout = selection.canary_timeout + method.canary_allowance(&selection.config);
-    let check = prove(&mut reader, pipeline, timeout, reporter, stop);
+    let check = prove(
+        &mut reader,
+        pipeline,
+        timeout,
+        &selection.config.events,
+        reporter,
+        stop,
+    );
     if let Some(check) = &check {
         reporter.canary(check);
     }
@@ -149,16 +162,17 @@ fn attempt(
 /// what it saw (a slow /proc may make enrichment slow).
 const UNLOAD_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Runs the full canary through `reader`, delivering every other event
+/// Runs the canary (what `events` can show of it) through `reader`, delivering every other event
 /// meanwhile; `None` when `stop` was set before a verdict.
 fn prove(
     reader: &mut Reader,
     pipeline: &mut Pipeline,
     timeout: Duration,
+    events: &auspex_events::EventSelection,
     reporter: &Reporter,
     stop: &AtomicBool,
 ) -> Option<CheckResult> {
-    let mut canary = match Canary::launch(true) {
+    let mut canary = match Canary::launch(events.exec(), events.tcp_connections()) {
         Ok(c) => c,
         Err(e) => {
             return Some(CheckResult::failed(format!(

@@ -135,6 +135,12 @@ pub struct RunArgs {
     /// Events each sink's queue holds before it loses the oldest.
     #[serde(with = "values::sink_queue")]
     pub sink_queue: usize,
+    /// What to collect: groups and event types; the rest is not loaded.
+    #[serde(with = "values::events")]
+    pub events: auspex_events::EventSelection,
+    /// The `node` of every event; None: `NODE_NAME`, else the host name.
+    #[serde(with = "values::node_name")]
+    pub node_name: Option<String>,
 }
 
 impl Default for RunArgs {
@@ -171,6 +177,8 @@ impl Default for RunArgs {
             lockdown: true,
             flush_timeout: Duration::from_secs(5),
             sink_queue: 16384,
+            events: auspex_events::EventSelection::all(),
+            node_name: None,
         }
     }
 }

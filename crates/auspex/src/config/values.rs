@@ -353,6 +353,53 @@ pub mod sink_queue {
     }
 }
 
+pub fn parse_events(text: &str) -> Result<auspex_events::EventSelection, String> {
+    auspex_events::EventSelection::parse(text)
+}
+
+/// A node name: what every event's `node` says.
+pub fn parse_node_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "'{text}' is not a node name (1 to 253 printable characters)"
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// serde for `--events`: groups and types separated by commas.
+pub mod events {
+    use super::*;
+    use auspex_events::EventSelection;
+
+    pub fn serialize<S: Serializer>(e: &EventSelection, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&e.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EventSelection, D::Error> {
+        parsed(d, "event groups or types separated by commas", parse_events)
+    }
+}
+
+/// serde for a node name.
+pub mod node_name {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(n: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => s.serialize_str(n),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|n| parse_node_name(&n).map_err(de::Error::custom))
+            .transpose()
+    }
+}
+
 /// serde for a method name, checked against [`method_names`].
 pub mod method {
     use super::*;

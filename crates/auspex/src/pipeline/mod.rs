@@ -17,11 +17,12 @@ pub mod queue;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use auspex_collect::Drops;
 use auspex_enrich::ProcessTable;
-use auspex_events::Event;
+use auspex_events::{Event, EventSelection};
 use auspex_track::Tracker;
 use chrono::Utc;
 
@@ -40,6 +41,11 @@ pub struct Pipeline {
     track: Option<Tracker>,
     /// Whether the raw events are written.
     raw: bool,
+    /// What is reported (`--events`): the probes load only that, but the
+    /// startup scrape and the proc method find everything.
+    events: EventSelection,
+    /// The `node` of every event.
+    node: Arc<str>,
     sinks: Sinks,
 }
 
@@ -58,8 +64,15 @@ impl Pipeline {
                 },
             })
         });
+        let identity = crate::identity::resolve(args).unwrap_or_else(|e| {
+            tracing::warn!("events have no exec_id: {e:#}");
+            auspex_events::Identity::new(&crate::identity::node_name(args), "", 0)
+        });
         Pipeline {
-            enrich: ProcessTable::with_proc(PROCESS_TABLE_CAPACITY, crate::hooks::proc()),
+            node: Arc::clone(identity.node()),
+            events: args.events,
+            enrich: ProcessTable::with_proc(PROCESS_TABLE_CAPACITY, crate::hooks::proc())
+                .with_identity(identity),
             own: OwnActivity::new(),
             track,
             raw: args.report != Report::Deltas,
@@ -76,6 +89,10 @@ impl Pipeline {
         if self.own.claims(&event) {
             return Some(event);
         }
+        if !self.events.wants(&event.kind) {
+            return None;
+        }
+        event.node = Some(Arc::clone(&self.node));
         if let Some(track) = &mut self.track {
             track.observe(&event);
         }
@@ -93,8 +110,9 @@ impl Pipeline {
     /// Writes the tracker's deltas, if it runs.
     pub fn write_deltas(&mut self) {
         if let Some(track) = &mut self.track {
-            for delta in &track.deltas(Utc::now()) {
-                self.sinks.write(delta);
+            for mut delta in track.deltas(Utc::now()) {
+                delta.node = Some(Arc::clone(&self.node));
+                self.sinks.write(&delta);
             }
         }
     }
