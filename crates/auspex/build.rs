@@ -20,6 +20,8 @@ fn main() {
         if side == "server" {
             build = build
                 .codec_path("crate::grpc::codec::Validating")
+                // Sent with the JSON shared among subscribers (grpc/event.rs).
+                .extern_path(".auspex.v1.Event", "crate::grpc::event::Event")
                 .file_descriptor_set_path(dir.join("descriptors.bin"));
         }
         build

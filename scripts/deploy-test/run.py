@@ -198,7 +198,7 @@ def chart_checks(c: Checks) -> None:
         ("btf.source=none", {"btf": {"source": "none"}}),
         ("privileged", {"privileged": True}),
         ("grpc+serviceMonitor+config", {
-            "grpc": {"enabled": True}, "serviceMonitor": {"enabled": True},
+            "grpc": {"enabled": True, "insecure": True}, "serviceMonitor": {"enabled": True},
             "config": {"report": "both", "ring_buffer_size": "32M", "afterglow": 0,
                        "never_aggregate": ["203.0.113.0/24"], "aggregate_public": True},
             "extraEnv": [{"name": "RUST_LOG", "value": "auspex=debug"}],
@@ -206,6 +206,11 @@ def chart_checks(c: Checks) -> None:
         }),
         ("tls", {"grpc": {"enabled": True}, "serviceMonitor": {"enabled": True},
                  "tls": {"secretName": "auspex-tls", "grpcClientCA": True}}),
+        ("tls+serviceMonitor.tlsConfig", {
+            "grpc": {"enabled": True},
+            "serviceMonitor": {"enabled": True, "tlsConfig": {
+                "ca": {"secret": {"name": "auspex-tls", "key": "ca.crt"}}, "serverName": "auspex.test"}},
+            "tls": {"secretName": "auspex-tls"}}),
     ]
     rendered = {}
     for label, values in cases:
@@ -269,18 +274,27 @@ def chart_checks(c: Checks) -> None:
             problems.append(f"grpc_listen {cfg.get('grpc_listen')}")
         tls = values.get("tls", {})
         if tls.get("secretName"):
-            want = {"http_tls_cert": "/etc/auspex/tls/tls.crt", "http_tls_key": "/etc/auspex/tls/tls.key",
-                    "grpc_tls_cert": "/etc/auspex/tls/tls.crt", "grpc_tls_key": "/etc/auspex/tls/tls.key",
-                    "grpc_tls_client_ca": "/etc/auspex/tls/ca.crt"}
+            want = {"http_tls_cert": "/etc/auspex-tls/tls.crt", "http_tls_key": "/etc/auspex-tls/tls.key",
+                    "grpc_tls_cert": "/etc/auspex-tls/tls.crt", "grpc_tls_key": "/etc/auspex-tls/tls.key",
+                    "grpc_tls_client_ca": "/etc/auspex-tls/ca.crt" if tls.get("grpcClientCA") else None}
             got = {k: cfg.get(k) for k in want}
             secret = next((v for v in spec["volumes"] if v["name"] == "tls"), {}).get("secret", {})
             schemes = {container[p]["httpGet"].get("scheme") for p in ("readinessProbe", "livenessProbe")}
             if got != want or "http_insecure" in cfg or secret.get("secretName") != tls["secretName"] \
-                    or "/etc/auspex/tls" not in mounts or schemes != {"HTTPS"} \
+                    or "/etc/auspex-tls" not in mounts or schemes != {"HTTPS"} \
+                    or "grpc_insecure" in cfg \
                     or find(docs, "ServiceMonitor")["spec"]["endpoints"][0].get("scheme") != "https":
                 problems.append(f"tls: config {got}, secret {secret}, probe schemes {schemes}")
-        elif cfg.get("http_insecure") is not True or cfg.get("grpc_insecure") is not True:
-            problems.append("without tls.secretName the chart's 0.0.0.0 must be http_insecure/grpc_insecure")
+            sm_tls = find(docs, "ServiceMonitor")["spec"]["endpoints"][0].get("tlsConfig")
+            want_sm = values.get("serviceMonitor", {}).get("tlsConfig") or {"insecureSkipVerify": True}
+            if sm_tls != want_sm:
+                problems.append(f"ServiceMonitor tlsConfig {sm_tls}, want {want_sm}")
+        else:
+            grpc = values.get("grpc", {})
+            if cfg.get("http_insecure") is not True:
+                problems.append("without tls.secretName the chart's 0.0.0.0 must be http_insecure")
+            if cfg.get("grpc_insecure", False) != bool(grpc.get("enabled") and grpc.get("insecure")):
+                problems.append(f"grpc_insecure {cfg.get('grpc_insecure')!r} with grpc {grpc}: only asked for")
         c.check(not problems, f"{label}: renders as the values say", "\n".join(problems))
         validate_all(c, label, docs)
 
@@ -294,6 +308,7 @@ def chart_checks(c: Checks) -> None:
         ({"config": {"scan_interval": 0}}, ["config/scan_interval"]),
         ({"config": {"report": "delta"}}, ["config/report", "delta"]),
         ({"serviceMonitor": {"enabled": True}, "service": {"enabled": False}}, ["service.enabled"]),
+        ({"grpc": {"enabled": True}}, ["grpc.enabled", "tls.secretName", "grpc.insecure: true"]),
     ]
     for values, names in bad_values:
         try:

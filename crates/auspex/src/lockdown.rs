@@ -40,6 +40,17 @@ pub struct Lockdown {
     pub problems: Vec<String>,
 }
 
+/// Directories (by descriptor) the agent may unlink in once locked down:
+/// the gRPC socket's, so that a clean stop removes the socket. unlinkat()
+/// is allowed with these descriptors only, not unlink() by path.
+static UNLINK_DIRS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Lets the locked-down agent unlink in the directory open as `fd` (which
+/// must stay open for the agent's life: the filter keeps the number).
+pub fn allow_unlink_in(fd: i32) {
+    UNLINK_DIRS.lock().unwrap().push(fd);
+}
+
 /// Drops every capability of the calling thread (and of the threads it
 /// will start): for the threads that only serve the API.
 pub fn drop_all_for_this_thread() {
@@ -298,6 +309,18 @@ mod seccomp {
             libc::SYS_ioctl,
             one_of(1, IOCTLS).map_err(|e| e.to_string())?,
         );
+        let dirs: Vec<u64> = super::UNLINK_DIRS
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|fd| *fd as u64)
+            .collect();
+        if !dirs.is_empty() {
+            rules.insert(
+                libc::SYS_unlinkat,
+                one_of(0, &dirs).map_err(|e| e.to_string())?,
+            );
+        }
         // Signals to itself only (abort on a panic), not to others.
         rules.insert(
             libc::SYS_tgkill,

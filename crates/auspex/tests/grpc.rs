@@ -104,3 +104,67 @@ fn a_taken_grpc_port_is_one_clear_error() {
         )
     );
 }
+
+#[test]
+fn sigterm_ends_a_health_watch_with_not_serving_without_waiting_the_drain() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let agent = Agent::start(&["--grpc-listen", "127.0.0.1:0"]);
+    let addr = agent.logged_after("gRPC event stream on ");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+    let (seen, end, exited) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        // Ready first (the agent answered its readiness once started).
+        while seen.last() != Some(&(ServingStatus::Serving as i32)) {
+            match tokio::time::timeout(deadline(), watch.message()).await {
+                Ok(Ok(Some(m))) => seen.push(m.status),
+                other => panic!("no SERVING on the watch: {other:?}, saw {seen:?}"),
+            }
+        }
+        nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+        let end = loop {
+            match tokio::time::timeout(deadline(), watch.message()).await {
+                Ok(Ok(Some(m))) => seen.push(m.status),
+                other => break format!("{other:?}"),
+            }
+        };
+        // Waited for on a blocking thread, so that this runtime keeps the
+        // client's connection answering (the graceful stop's HTTP/2 ping),
+        // as a live client does.
+        let exited = tokio::task::spawn_blocking(move || {
+            agent.wait_for_exit(Some(Instant::now() + deadline()))
+        })
+        .await
+        .unwrap();
+        (seen, end, exited)
+    });
+    let (status, stderr) =
+        exited.unwrap_or_else(|stderr| panic!("the agent did not exit: {stderr}"));
+    assert!(status.success(), "{status}: {stderr:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&(ServingStatus::NotServing as i32)),
+        "statuses {seen:?}, then {end}"
+    );
+    // The stream ended cleanly (no error, no deadline).
+    assert_eq!(end, "Ok(Ok(None))", "statuses {seen:?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains("still reading")),
+        "the stop waited on the watch: {stderr:?}"
+    );
+}

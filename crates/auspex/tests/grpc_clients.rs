@@ -156,11 +156,22 @@ fn health_is_not_serving_when_ready_is_not() {
     );
     let target = grpc_target(&agent);
     agent.wait_until("a heartbeat has missed", |a| a.http_get("/ready").0 == 503);
-    // Copied within a quarter of a second.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Copied every quarter of a second: polled until then, within the
+    // (scaled) deadline.
+    let start = std::time::Instant::now();
+    loop {
+        let answer = client(&py, &[&target, "health"]);
+        if answer == json!({"status": "NOT_SERVING"}) {
+            break;
+        }
+        assert!(
+            start.elapsed() < common::deadline(),
+            "health still says {answer} while /ready is {}",
+            agent.http_get("/ready").0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(agent.http_get("/ready").0, 503);
-    let answer = client(&py, &[&target, "health"]);
-    assert_eq!(answer, json!({"status": "NOT_SERVING"}));
 }
 
 #[test]

@@ -296,6 +296,163 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     assert!(failed >= 3, "{failed} TLS failures counted\n{metrics}");
 }
 
+/// Runs `auspex events` with `args` until it exits or the deadline
+/// passes: (exit code, stderr); Err(stderr) if it was still running
+/// (killed).
+fn events_exit(args: &[&str]) -> Result<(Option<i32>, String), String> {
+    let mut child = Command::new(common::AUSPEX)
+        .arg("events")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return Ok((status.code(), stderr));
+        }
+        if start.elapsed() > deadline() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            return Err(stderr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn auspex_events_stops_on_a_refused_certificate_instead_of_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    ca(d, "other-ca");
+    leaf(d, "server", "ca", true);
+    leaf(d, "stranger", "other-ca", false);
+    let agent = Agent::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--grpc-tls-cert",
+        &path(d, "server.crt"),
+        "--grpc-tls-key",
+        &path(d, "server.key"),
+        "--grpc-tls-client-ca",
+        &path(d, "ca.crt"),
+    ]);
+    let address = format!(
+        "https://{}",
+        agent.logged_after("gRPC event stream on https://")
+    );
+    let common = ["--address", &address, "--tls-server-name", "localhost"];
+    let [other_ca, ca, stranger_crt, stranger_key] =
+        ["other-ca.crt", "ca.crt", "stranger.crt", "stranger.key"].map(|f| path(d, f));
+    let cases: [(&str, Vec<&str>, &str); 2] = [
+        (
+            "the agent's certificate, not signed by --tls-ca",
+            vec!["--tls-ca", &other_ca],
+            "invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            "our certificate, refused by the agent",
+            vec![
+                "--tls-ca",
+                &ca,
+                "--tls-cert",
+                &stranger_crt,
+                "--tls-key",
+                &stranger_key,
+            ],
+            "a certificate was refused",
+        ),
+    ];
+    for (what, args, says) in cases {
+        let args: Vec<&str> = common.iter().copied().chain(args).collect();
+        let (code, stderr) = events_exit(&args).unwrap_or_else(|stderr| {
+            panic!("{what}: auspex events {args:?} kept retrying past the deadline: {stderr}")
+        });
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("a certificate was refused") && stderr.contains(says),
+            "{what}: {stderr}"
+        );
+    }
+}
+
+/// The value of the metric line starting with `start`, 0 when absent (a
+/// counter never incremented has no line).
+fn counter(metrics: &str, start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn silent_tls_clients_evicted_mid_handshake_close_at_once_counted_once() {
+    const CLIENTS: usize = 300;
+    const MAX: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca(d, "ca");
+    leaf(d, "server", "ca", true);
+    // A header (and handshake) timeout far beyond this test's waits: only
+    // eviction can close the silent clients in time.
+    let agent = Agent::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--grpc-tls-cert",
+        &path(d, "server.crt"),
+        "--grpc-tls-key",
+        &path(d, "server.key"),
+        "--api-max-connections",
+        &MAX.to_string(),
+        "--api-header-timeout",
+        "600",
+    ]);
+    let target: std::net::SocketAddr = agent
+        .logged_after("gRPC event stream on https://")
+        .parse()
+        .unwrap();
+    let pid = agent.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Connect and never send a ClientHello.
+    let silent: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| std::net::TcpStream::connect(target).unwrap())
+        .collect();
+    let start = Instant::now();
+    let grpc = "auspex_api_connections_closed_total{api=\"grpc\",reason=";
+    loop {
+        let (_, metrics) = agent.http_get("/metrics");
+        let evicted = counter(&metrics, &format!("{grpc}\"evicted\"}}"));
+        let now = fds();
+        if evicted == (CLIENTS - MAX) as u64 && now <= before + MAX {
+            assert_eq!(
+                counter(&metrics, &format!("{grpc}\"tls_failed\"}}")),
+                0,
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < deadline(),
+            "{CLIENTS} silent clients, at most {MAX} kept: the agent holds {now} descriptors \
+             ({before} before), {evicted} evictions counted\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(silent);
+}
+
 /// curl over TLS trusting only `ca`: the HTTP status, or curl's error.
 fn curl(addr: &str, ca: &str, path: &str) -> Result<String, String> {
     let out = Command::new("curl")

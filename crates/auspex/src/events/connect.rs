@@ -67,7 +67,9 @@ impl Target {
         Ok(Target::Tcp { authority, tls })
     }
 
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
+    /// Connects; a certificate refused (ours by the agent, or the agent's
+    /// by us) is fatal, anything else worth retrying.
+    pub(super) async fn connect(&self) -> Result<Channel, super::Failure> {
         let endpoint = Endpoint::from_static("http://localhost");
         let channel = match self {
             Target::Unix(path) => {
@@ -118,9 +120,64 @@ impl Target {
                 }
                 source = s.source();
             }
-            anyhow::anyhow!(text)
+            match refused_certificate(&e) {
+                Some(why) => super::Failure::Fatal(anyhow::anyhow!(
+                    "{self}: a certificate was refused ({why}): {text}"
+                )),
+                None => super::Failure::Retry(text),
+            }
         })
     }
+}
+
+/// The rustls error below `e`, if it says a certificate was refused: ours
+/// by the agent (an alert), or the agent's by us. Retrying cannot help.
+pub(super) fn refused_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::AlertDescription as A;
+    const ALERTS: [A; 8] = [
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::AccessDenied,
+    ];
+    let mut next = Some(e);
+    while let Some(e) = next {
+        // io::Error's source() skips the error it wraps: look inside.
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(e), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                let refused = match tls {
+                    rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::InvalidCertRevocationList(_) => true,
+                    rustls::Error::AlertReceived(alert) => ALERTS.contains(alert),
+                    _ => false,
+                };
+                return refused.then(|| tls.to_string());
+            }
+        }
+        // An alert that came after our side of the handshake (TLS 1.3: the
+        // agent refusing our certificate) reaches the call through h2,
+        // which keeps only the io::Error's text: rustls' own wording.
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            if ALERTS
+                .iter()
+                .any(|a| text == format!("received fatal alert: {a:?}"))
+            {
+                return Some(text);
+            }
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn client_tls(

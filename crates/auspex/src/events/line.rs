@@ -16,10 +16,22 @@ fn style(kind: &str) -> Style {
 
 const DIM: Style = Style::new().dimmed();
 
+/// A string from an event as the terminal may show it: quoted and escaped
+/// like args when it holds a control character (C0, DEL or C1), since an
+/// exe, comm or container id is chosen by whoever runs the process: a
+/// binary named `x\e]0;pwned\a` would otherwise retitle the terminal.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        format!("{s:?}").into()
+    } else {
+        s.into()
+    }
+}
+
 fn addr(v: &Value) -> String {
     match (v["ip"].as_str(), v["port"].as_u64()) {
-        (Some(ip), Some(port)) if ip.contains(':') => format!("[{ip}]:{port}"),
-        (Some(ip), Some(port)) => format!("{ip}:{port}"),
+        (Some(ip), Some(port)) if ip.contains(':') => format!("[{}]:{port}", text(ip)),
+        (Some(ip), Some(port)) => format!("{}:{port}", text(ip)),
         _ => "?".into(),
     }
 }
@@ -51,14 +63,16 @@ pub fn line(kind: &str, json: &str) -> String {
     let time = v["time"]
         .as_str()
         .and_then(|t| t.get(11..23))
-        .unwrap_or("--:--:--.---");
+        .map_or("--:--:--.---".into(), text);
+    let kind = text(kind);
+    let kind = kind.as_ref();
     let kind_style = style(kind);
     let mut line = format!("{DIM}{time}{DIM:#} {kind_style}{kind:<16}{kind_style:#}");
     let p = &v["process"];
     if let Some(pid) = p["pid"].as_u64() {
         let bold = Style::new().bold();
         line += &format!(" {bold}{pid:>7}{bold:#}");
-        let exe = p["exe"].as_str().or(p["comm"].as_str()).unwrap_or("?");
+        let exe = text(p["exe"].as_str().or(p["comm"].as_str()).unwrap_or("?"));
         line += &format!(" {exe}");
     }
     match kind {
@@ -76,7 +90,7 @@ pub fn line(kind: &str, json: &str) -> String {
             };
             line += &format!(
                 " {} {} {arrow} {}",
-                v["protocol"].as_str().unwrap_or("?"),
+                text(v["protocol"].as_str().unwrap_or("?")),
                 addr(&v["local"]),
                 addr(&v["remote"])
             );
@@ -84,7 +98,7 @@ pub fn line(kind: &str, json: &str) -> String {
         "endpoint_open" | "endpoint_close" => {
             line += &format!(
                 " {} {}",
-                v["protocol"].as_str().unwrap_or("?"),
+                text(v["protocol"].as_str().unwrap_or("?")),
                 addr(&v["local"])
             );
         }
@@ -100,7 +114,7 @@ pub fn line(kind: &str, json: &str) -> String {
         }
     }
     if let Some(container) = p["container_id"].as_str() {
-        line += &format!(" {DIM}container={DIM:#}{container}");
+        line += &format!(" {DIM}container={DIM:#}{}", text(container));
     }
     line
 }
@@ -126,5 +140,29 @@ mod tests {
             "21:51:00.273 connection_open        7 curl tcp 10.0.0.1:5555 -> [::1]:80"
         );
         assert!(line("process_exec", exec).contains("\u{1b}["));
+    }
+
+    #[test]
+    fn control_characters_in_any_string_are_escaped() {
+        let exec = r#"{"time":"2026-11-25T21:51:00.273613845Z","type":"process_exec","process":{"pid":9,"comm":"x\u001b]0;c\u0007","exe":"/tmp/x\u001b]0;pwned\u0007EVIL","args":["x\u001b[2J"],"container_id":"c\u001b[31m\u009b"}}"#;
+        let shown = line("process_exec", exec);
+        assert_eq!(
+            plain(&shown),
+            r#"21:51:00.273 process_exec           9 "/tmp/x\u{1b}]0;pwned\u{7}EVIL" ["x\u{1b}[2J"] container="c\u{1b}[31m\u{9b}""#
+        );
+        // The only escapes left are the line's own styles.
+        let unstyled = shown
+            .replace(&format!("{DIM}"), "")
+            .replace(&format!("{DIM:#}"), "")
+            .replace(&format!("{}", style("process_exec")), "")
+            .replace(&format!("{:#}", style("process_exec")), "")
+            .replace(&format!("{}", Style::new().bold()), "")
+            .replace(&format!("{:#}", Style::new().bold()), "");
+        assert!(!unstyled.chars().any(char::is_control), "{unstyled:?}");
+        let comm_only = r#"{"type":"connection_open","protocol":"t\u0007","role":"client","local":{"ip":"1\u0007","port":1},"remote":{"ip":"2","port":2},"process":{"pid":7,"comm":"a\u0007b"}}"#;
+        assert_eq!(
+            plain(&line("connection_open", comm_only)),
+            r#"--:--:--.--- connection_open        7 "a\u{7}b" "t\u{7}" "1\u{7}":1 -> 2:2"#
+        );
     }
 }

@@ -71,7 +71,7 @@ pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     })
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// Worth trying again: the agent is not there (yet).
     Retry(String),
     /// It answered and refused: a bad filter, a certificate refused.
@@ -82,13 +82,22 @@ async fn subscribe(
     target: &Target,
     request: &pb::SubscribeRequest,
 ) -> Result<tonic::Streaming<pb::Event>, Failure> {
-    let channel = target
-        .connect()
-        .await
-        .map_err(|e| Failure::Retry(format!("{e:#}")))?;
+    let channel = target.connect().await?;
     let mut client = pb::events_client::EventsClient::new(channel);
     match client.subscribe(request.clone()).await {
         Ok(response) => Ok(response.into_inner()),
+        // Under TLS 1.3 the agent refuses a client certificate after the
+        // client's side of the handshake is done: it shows on the call.
+        Err(s)
+            if std::error::Error::source(&s)
+                .and_then(connect::refused_certificate)
+                .is_some() =>
+        {
+            Err(Failure::Fatal(anyhow::anyhow!(
+                "{target}: a certificate was refused: {}",
+                s.message()
+            )))
+        }
         Err(s)
             if matches!(
                 s.code(),

@@ -93,14 +93,21 @@ impl Filter {
         !(self.containers.is_empty() && self.pids.is_empty() && self.exes.is_empty())
     }
 
-    pub fn matches(&self, kind: &str, key: &Key) -> bool {
+    /// `key` is asked for only when the type matches and the filter looks
+    /// at the process (reading it parses the JSON).
+    pub fn matches<K: std::borrow::Borrow<Key>>(
+        &self,
+        kind: &str,
+        key: impl FnOnce() -> K,
+    ) -> bool {
         if !self.types.is_empty() && !self.types.iter().any(|t| t == kind) {
             return false;
         }
         if !self.needs_key() {
             return true;
         }
-        let Some(p) = &key.process else {
+        let key = key();
+        let Some(p) = &key.borrow().process else {
             return false;
         };
         let container = p.container_id.as_deref();
@@ -163,13 +170,13 @@ mod tests {
             r.pids = vec![42];
         }))
         .unwrap();
-        assert!(f.matches("process_exec", &Key::of(exec)));
-        assert!(!f.matches("process_exec", &Key::of(host)));
-        assert!(!f.matches("connections_delta", &Key::of(delta)));
+        assert!(f.matches("process_exec", || Key::of(exec)));
+        assert!(!f.matches("process_exec", || Key::of(host)));
+        assert!(!f.matches("connections_delta", || Key::of(delta)));
         let f = Filter::from_request(request(|r| r.exes = vec!["/bin/false".into()])).unwrap();
-        assert!(!f.matches("process_exec", &Key::of(exec)));
+        assert!(!f.matches("process_exec", || Key::of(exec)));
         let all = Filter::from_request(SubscribeRequest::default()).unwrap();
         assert!(!all.needs_key());
-        assert!(all.matches("connections_delta", &Key::default()));
+        assert!(all.matches("connections_delta", Key::default));
     }
 }

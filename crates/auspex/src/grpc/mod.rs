@@ -6,11 +6,11 @@
 //! and never waits for a subscriber.
 
 pub mod codec;
+pub mod event;
 mod filter;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -42,43 +42,41 @@ const BACKLOG: usize = 4096;
 /// How often the health service copies the agent's readiness.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// One event as the subscribers get it, with what the filters look at.
+/// One event as the subscribers get it (the JSON shared, not copied per
+/// subscriber), with what the filters look at.
 struct Item {
-    event: pb::Event,
-    key: Key,
+    event: event::Event,
+    /// Read from the JSON by the first subscriber whose filter looks at
+    /// the process, once for all: on the receiving side, so a subscriber
+    /// that has just subscribed never gets an event whose key the sender
+    /// skipped (deciding on the sending side raced with subscribing).
+    key: OnceLock<Key>,
+}
+
+impl Item {
+    fn key(&self) -> &Key {
+        self.key.get_or_init(|| Key::of(&self.event.json))
+    }
 }
 
 /// The sending side.
 #[derive(Clone)]
 struct Feed {
     sender: broadcast::Sender<Arc<Item>>,
-    /// Subscribers whose filters look at the event's process: only then is
-    /// its key read from the JSON.
-    keyed: Arc<AtomicUsize>,
-}
-
-/// Counts a subscriber in `Feed::keyed` while its stream lives.
-struct Keyed(Arc<AtomicUsize>);
-
-impl Drop for Keyed {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Feed {
     fn new() -> Self {
         Feed {
             sender: broadcast::channel(BACKLOG).0,
-            keyed: Arc::default(),
         }
     }
 
     /// Tells the subscribers the stream is over, after what was sent.
     fn close(&self) {
         let _ = self.sender.send(Arc::new(Item {
-            event: pb::Event::default(),
-            key: Key::default(),
+            event: event::Event::default(),
+            key: OnceLock::new(),
         }));
     }
 
@@ -90,18 +88,14 @@ impl Feed {
 
     /// Hands an event, serialised as the output writes it, to the current
     /// subscribers.
-    fn send_json(&self, kind: &str, json: String) {
-        let key = match self.keyed.load(Ordering::Relaxed) {
-            0 => Key::default(),
-            _ => Key::of(&json),
-        };
+    fn send_json(&self, kind: &'static str, json: &str) {
         // An error only means the last subscriber left meanwhile.
         let _ = self.sender.send(Arc::new(Item {
-            event: pb::Event {
-                r#type: kind.to_string(),
-                json,
+            event: event::Event {
+                r#type: kind,
+                json: json.into(),
             },
-            key,
+            key: OnceLock::new(),
         }));
     }
 }
@@ -111,7 +105,7 @@ struct Service {
     metrics: Arc<Metrics>,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<event::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Events for Service {
@@ -122,27 +116,20 @@ impl Events for Service {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let filter = Filter::from_request(request.into_inner())?;
-        let keyed = filter.needs_key().then(|| {
-            self.feed.keyed.fetch_add(1, Ordering::Relaxed);
-            Keyed(Arc::clone(&self.feed.keyed))
-        });
         let metrics = Arc::clone(&self.metrics);
         let stream = BroadcastStream::new(self.feed.sender.subscribe())
             // An event without a type is the end (Feed::close): whatever
             // was sent before it has been delivered.
             .take_while(|item| item.as_ref().map_or(true, |i| !i.event.r#type.is_empty()))
-            .filter_map(move |item| {
-                let _keyed = &keyed;
-                match item {
-                    Ok(item) if filter.matches(&item.event.r#type, &item.key) => {
-                        Some(Ok(item.event.clone()))
-                    }
-                    Ok(_) => None,
-                    Err(BroadcastStreamRecvError::Lagged(n)) => {
-                        metrics.grpc_dropped.inc_by(n);
-                        tracing::warn!("a gRPC subscriber fell behind and lost {n} events");
-                        None
-                    }
+            .filter_map(move |item| match item {
+                Ok(item) if filter.matches(item.event.r#type, || item.key()) => {
+                    Some(Ok(item.event.clone()))
+                }
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    metrics.grpc_dropped.inc_by(n);
+                    tracing::warn!("a gRPC subscriber fell behind and lost {n} events");
+                    None
                 }
             });
         Ok(Response::new(Box::pin(stream)))
@@ -155,6 +142,7 @@ pub struct Server {
     /// Where it listens (TCP ports chosen by the kernel filled in).
     pub bound: Vec<Endpoint>,
     feed: Feed,
+    metrics: Arc<Metrics>,
     /// Taken when the stream ends.
     running: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -175,7 +163,7 @@ impl Sink for Server {
     }
 
     fn write(&mut self, kind: &'static str, json: &str) -> std::io::Result<()> {
-        self.feed.send_json(kind, json.to_string());
+        self.feed.send_json(kind, json);
         Ok(())
     }
 
@@ -193,15 +181,50 @@ impl Sink for Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         if !thread.is_finished() {
-            tracing::warn!("gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them");
+            // What the slowest subscriber has not read, end marker aside:
+            // lost with the process, so counted.
+            let unread = self.feed.sender.len().saturating_sub(1);
+            self.metrics.grpc_dropped.inc_by(unread as u64);
+            tracing::warn!(
+                "gRPC subscribers still reading after {DRAIN_TIMEOUT:?}: leaving them \
+                 ({unread} events unread)"
+            );
         }
         Ok(())
     }
 }
 
-/// Copies the agent's readiness into the health service, for the whole
-/// server ("") and for auspex.v1.Events, as it changes.
-async fn follow_readiness(reporter: tonic_health::server::HealthReporter, status: SharedStatus) {
+/// The services the health service reports on: the whole server ("") and
+/// auspex.v1.Events.
+const HEALTH_SERVICES: [&str; 2] = [
+    "",
+    <EventsServer<Service> as tonic::server::NamedService>::NAME,
+];
+
+/// Copies the agent's readiness into the health service until `stopped`,
+/// then says NOT_SERVING and ends every Health/Watch stream (dropping a
+/// status's sender ends its watchers), so that the server's graceful stop
+/// does not wait on them: one open Watch made every SIGTERM take the whole
+/// drain timeout (2 s).
+async fn report_health(
+    mut reporter: tonic_health::server::HealthReporter,
+    status: SharedStatus,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    tokio::select! {
+        () = follow_readiness(&reporter, status) => {}
+        _ = stopped => {}
+    }
+    for service in HEALTH_SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+        reporter.clear_service_status(service).await;
+    }
+}
+
+/// Copies the agent's readiness into the health service, as it changes.
+async fn follow_readiness(reporter: &tonic_health::server::HealthReporter, status: SharedStatus) {
     use tonic_health::ServingStatus;
     let mut last = None;
     loop {
@@ -211,13 +234,9 @@ async fn follow_readiness(reporter: tonic_health::server::HealthReporter, status
                 true => ServingStatus::Serving,
                 false => ServingStatus::NotServing,
             };
-            reporter.set_service_status("", serving).await;
-            reporter
-                .set_service_status(
-                    <EventsServer<Service> as tonic::server::NamedService>::NAME,
-                    serving,
-                )
-                .await;
+            for service in HEALTH_SERVICES {
+                reporter.set_service_status(service, serving).await;
+            }
             last = Some(ready);
         }
         tokio::time::sleep(HEALTH_INTERVAL).await;
@@ -258,16 +277,15 @@ pub fn serve(
             flag: "--grpc-listen",
             api: "grpc",
         },
-        metrics,
+        Arc::clone(&metrics),
         app,
-        follow_readiness(reporter, status),
-        async {
-            let _ = stopped.await;
-        },
+        std::future::ready(()),
+        report_health(reporter, status, stopped),
     )?;
     Ok(Server {
         bound: running.bound,
         feed,
+        metrics,
         running: Some((stop, running.thread)),
     })
 }
@@ -302,7 +320,7 @@ mod tests {
             let sent = BACKLOG as u32 + 100;
             for pid in 0..sent {
                 let json = serde_json::to_string(&exec(pid)).unwrap();
-                feed.send_json("process_exec", json);
+                feed.send_json("process_exec", &json);
             }
             // The first event still held is the 101st sent.
             let first = stream.next().await.unwrap().unwrap();

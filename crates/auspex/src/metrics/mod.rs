@@ -127,7 +127,8 @@ impl Metrics {
         );
         registry.register(
             "grpc_events_dropped",
-            "Events gRPC subscribers lost by falling behind",
+            "Events gRPC subscribers lost by falling behind, or left unread when stopping \
+             gave up waiting for them",
             grpc_dropped.clone(),
         );
         registry.register(
@@ -148,7 +149,8 @@ impl Metrics {
         registry.register(
             "api_connections_closed",
             "API connections the agent closed: idle past the idle timeout, evicted (the \
-             idlest, at the connection cap) or refused (at the cap, all busy)",
+             idlest, at the connection cap), refused (at the cap, all busy), a failed TLS \
+             handshake, or HTTP/1 headers not sent within the header timeout",
             api_closed.clone(),
         );
         registry.register(

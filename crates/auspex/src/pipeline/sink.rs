@@ -365,7 +365,14 @@ mod tests {
             sinks.write(&event);
             sinks.flush();
             // Until the writer has taken it (and given back the last round).
+            let deadline = in_a_while();
             while sinks.status()[0].written < u64::from(pid) + 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer wrote {} of {} events",
+                    sinks.status()[0].written,
+                    pid + 1
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

@@ -4,7 +4,9 @@
 //! same limits: at most `max_connections` per listener (the idlest closed
 //! first when more come, table.rs), a deadline for a request's headers, and
 //! connections without a request in progress closed after the idle
-//! timeout. Both APIs are axum routers (tonic's services become one), each
+//! timeout. On HTTP/1 hyper's header timer also runs while a kept-alive
+//! connection waits for its next request, so there the header timeout
+//! closes an idle connection first (counted as header_timeout). Both APIs are axum routers (tonic's services become one), each
 //! connection served by hyper (HTTP/1.1, or HTTP/2 for gRPC).
 
 mod stream;
@@ -218,9 +220,9 @@ impl Server {
                 }
             };
             if evicted {
-                self.closed(Closed::Evicted);
-                // Let the evicted connection close its socket before the
-                // next accept takes another descriptor.
+                // Counted by the evicted connection itself, when it sees
+                // its slot closing (serve_connection), so once. Let it close
+                // its socket before the next accept takes a descriptor.
                 tokio::task::yield_now().await;
             }
             connections.spawn(self.clone().serve_connection(
@@ -256,7 +258,19 @@ impl Server {
         builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
-        let stream = match self.secure(stream).await {
+        // The handshake races eviction and the stop: 300 silent TLS
+        // clients against --api-max-connections 4 held 309 descriptors for
+        // the header timeout when an evicted one kept waiting for its
+        // ClientHello (and was counted twice, evicted and tls_failed).
+        let secured = tokio::select! {
+            secured = self.secure(stream) => secured,
+            why = slot.closing() => {
+                self.closed(why);
+                return;
+            }
+            _ = stopping(&mut stopped) => return,
+        };
+        let stream = match secured {
             Ok(stream) => stream,
             Err(e) => {
                 // Debug only: anyone who can connect could fill the log.
@@ -286,6 +300,12 @@ impl Server {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
+                    let timed_out = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if timed_out {
+                        self.closed(Closed::HeaderTimeout);
+                    }
                     tracing::debug!("a {} connection ended: {e}", self.name.what);
                 }
             }

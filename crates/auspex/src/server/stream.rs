@@ -14,7 +14,11 @@ use crate::config::values::Endpoint;
 /// exists.
 pub enum Bound {
     Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+    Unix(
+        std::os::unix::net::UnixListener,
+        std::path::PathBuf,
+        super::unix::Placed,
+    ),
 }
 
 /// The kernel's queue of connections not yet accepted (capped by
@@ -39,21 +43,28 @@ impl Bound {
                 socket.set_nonblocking(true)?;
                 Ok(Bound::Tcp(socket.into()))
             }
-            Endpoint::Unix(path) => Ok(Bound::Unix(super::unix::bind(path)?, path.clone())),
+            Endpoint::Unix(path) => {
+                let (listener, placed) = super::unix::bind(path)?;
+                Ok(Bound::Unix(listener, path.clone(), placed))
+            }
         }
     }
 
     pub fn local(&self) -> io::Result<Endpoint> {
         match self {
             Bound::Tcp(l) => Ok(Endpoint::Tcp(l.local_addr()?)),
-            Bound::Unix(_, path) => Ok(Endpoint::Unix(path.clone())),
+            Bound::Unix(_, path, _) => Ok(Endpoint::Unix(path.clone())),
         }
     }
 }
 
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener),
+    /// The socket file goes with the listener (removed on a clean stop).
+    Unix {
+        listener: UnixListener,
+        _placed: super::unix::Placed,
+    },
 }
 
 impl Listener {
@@ -61,7 +72,10 @@ impl Listener {
     pub fn new(bound: Bound) -> io::Result<Listener> {
         match bound {
             Bound::Tcp(l) => Ok(Listener::Tcp(TcpListener::from_std(l)?)),
-            Bound::Unix(l, _) => Ok(Listener::Unix(UnixListener::from_std(l)?)),
+            Bound::Unix(l, _, placed) => Ok(Listener::Unix {
+                listener: UnixListener::from_std(l)?,
+                _placed: placed,
+            }),
         }
     }
 
@@ -73,7 +87,7 @@ impl Listener {
                 stream.set_nodelay(true)?;
                 Ok(Stream::Tcp(stream))
             }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Unix { listener, .. } => Ok(Stream::Unix(listener.accept().await?.0)),
         }
     }
 }

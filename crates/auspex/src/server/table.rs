@@ -30,14 +30,20 @@ pub enum Closed {
     /// The TLS handshake failed or did not end within the header timeout
     /// (a client without a valid certificate, under mutual TLS).
     TlsFailed,
+    /// An HTTP/1 client sent no complete request headers within the header
+    /// timeout: a slow request, or a kept-alive connection waiting for its
+    /// next request (hyper's header timer covers that wait too, so on
+    /// HTTP/1 it comes before the idle timeout).
+    HeaderTimeout,
 }
 
 impl Closed {
-    pub const ALL: [Closed; 4] = [
+    pub const ALL: [Closed; 5] = [
         Closed::Idle,
         Closed::Evicted,
         Closed::Refused,
         Closed::TlsFailed,
+        Closed::HeaderTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -46,6 +52,7 @@ impl Closed {
             Closed::Evicted => "evicted",
             Closed::Refused => "refused",
             Closed::TlsFailed => "tls_failed",
+            Closed::HeaderTimeout => "header_timeout",
         }
     }
 }

@@ -79,18 +79,25 @@ falls back.
 {{- $_ := set $c "grpc_listen" "off" }}
 {{- end }}
 {{- if .Values.tls.secretName }}
-{{- $_ := set $c "http_tls_cert" "/etc/auspex/tls/tls.crt" }}
-{{- $_ := set $c "http_tls_key" "/etc/auspex/tls/tls.key" }}
+{{- $_ := set $c "http_tls_cert" "/etc/auspex-tls/tls.crt" }}
+{{- $_ := set $c "http_tls_key" "/etc/auspex-tls/tls.key" }}
 {{- if .Values.grpc.enabled }}
-{{- $_ := set $c "grpc_tls_cert" "/etc/auspex/tls/tls.crt" }}
-{{- $_ := set $c "grpc_tls_key" "/etc/auspex/tls/tls.key" }}
+{{- $_ := set $c "grpc_tls_cert" "/etc/auspex-tls/tls.crt" }}
+{{- $_ := set $c "grpc_tls_key" "/etc/auspex-tls/tls.key" }}
 {{- if .Values.tls.grpcClientCA }}
-{{- $_ := set $c "grpc_tls_client_ca" "/etc/auspex/tls/ca.crt" }}
+{{- $_ := set $c "grpc_tls_client_ca" "/etc/auspex-tls/ca.crt" }}
 {{- end }}
 {{- end }}
 {{- else }}
+{{- /* /status and /metrics carry no event data: clear text is the default. */}}
 {{- $_ := set $c "http_insecure" true }}
+{{- if .Values.grpc.enabled }}
+{{- /* The stream carries every process's arguments: only when asked. */}}
+{{- if not .Values.grpc.insecure }}
+{{- fail "grpc.enabled without tls.secretName would stream every process's arguments in clear text on every node address: set tls.secretName, or grpc.insecure: true to accept that" }}
+{{- end }}
 {{- $_ := set $c "grpc_insecure" true }}
+{{- end }}
 {{- end }}
 {{- $_ := set $c "termination_log" .Values.terminationMessagePath }}
 {{- toYaml $c }}
