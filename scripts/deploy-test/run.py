@@ -67,6 +67,9 @@ CHART_OWNED = {"method", "btf", "kernel_btf", "listen", "grpc_listen", "terminat
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager=cgroupfs"]
 HOST_LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+# What spec.nodeName gives the pod: not this host's name, so that events
+# carrying it prove the downward-API variable reached the agent.
+NODE_NAME = f"deploy-test-node-{RUN_ID}"
 LABEL = f"auspex-deploy-test={RUN_ID}"
 
 
@@ -383,6 +386,9 @@ def podman_args(spec: dict, configmaps: dict[str, dict], work: Path, name: str) 
             for e in value:
                 if "value" in e:
                     args += ["--env", f"{e['name']}={e['value']}"]
+                elif e.get("valueFrom") == {"fieldRef": {"fieldPath": "spec.nodeName"}}:
+                    # The downward API: the node the pod was scheduled on.
+                    args += ["--env", f"{e['name']}={NODE_NAME}"]
                 else:
                     raise NotTranslatable(f"env {e['name']} from {e}")
         elif key in ("readinessProbe", "livenessProbe"):
@@ -728,6 +734,9 @@ def pod_runs(c: Checks, base: dict, old: Fixtures, busybox: str | None) -> None:
         c.check(ev is not None and ev["process"].get("exe") == printf
                 and ev["process"]["args"] == [printf, "%s\n", marker] and not ev["process"].get("container_id"),
                 f"host exec reported with its host exe path {printf} and args",
+                json.dumps(ev) if ev else "no exec event with the marker")
+        c.check(ev is not None and ev.get("node") == NODE_NAME,
+                f"events name the node from spec.nodeName ({NODE_NAME})",
                 json.dumps(ev) if ev else "no exec event with the marker")
 
         # An exec in a second container, with that container's id.

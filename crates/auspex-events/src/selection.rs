@@ -141,6 +141,14 @@ impl EventSelection {
     pub fn udp(&self) -> bool {
         self.has(UDP | UdpEndpointOpen as u16 | UdpEndpointClose as u16)
     }
+    /// The same selection without its UDP events (for a probe that cannot
+    /// load its UDP hooks); named as given.
+    pub fn without_udp(self) -> Self {
+        EventSelection {
+            bits: self.bits & !(UDP | UdpEndpointOpen as u16 | UdpEndpointClose as u16),
+            ..self
+        }
+    }
     /// Any network event.
     pub fn network(&self) -> bool {
         self.tcp() || self.udp()

@@ -249,6 +249,23 @@ impl LegacyBpf {
             return Err(ProbeError::TracefsMissing);
         }
         let with_btf = core.is_some();
+        let mut degraded = Vec::new();
+        // Loading a cgroup socket program needs CAP_NET_ADMIN (or
+        // CAP_SYS_ADMIN: the kernel's bpf_net_capable). Without it the UDP
+        // hooks are left out, degraded, rather than failing the method that
+        // is the last BPF fallback (the deploy test's pod without NET_ADMIN
+        // fell through to proc once the hooks were added here).
+        let events = if events.udp() && !net_capable() {
+            degraded.push(Degraded {
+                feature: "udp",
+                reason: "no CAP_NET_ADMIN: the UDP socket hooks (cgroup programs) cannot be \
+                         loaded"
+                    .into(),
+            });
+            events.without_udp()
+        } else {
+            events
+        };
         let legacy =
             Loaded::<Legacy>::open("legacy", LegacySkelBuilder::default(), None, |open| {
                 // The CO-RE twins, if loaded, replace some programs.
@@ -273,7 +290,6 @@ impl LegacyBpf {
             .filter(|r| runs(&r.part) && !r.part.udp)
             .map(|r| programs::attach(object(r.object), r.name, None))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut degraded = Vec::new();
         if events.udp() {
             match attach_udp(&object, &runs) {
                 Ok(udp) => attached.extend(udp),
@@ -468,6 +484,16 @@ fn attach_udp<'a>(
         .filter(|r| r.part.udp && runs(&r.part))
         .map(|r| programs::attach(object(r.object), r.name, Some(&root)).map_err(|e| e.to_string()))
         .collect()
+}
+
+/// Whether this thread may load cgroup socket programs.
+fn net_capable() -> bool {
+    [
+        caps::Capability::CAP_NET_ADMIN,
+        caps::Capability::CAP_SYS_ADMIN,
+    ]
+    .into_iter()
+    .any(|cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(false))
 }
 
 fn perf_failed(e: std::io::Error) -> ProbeError {
