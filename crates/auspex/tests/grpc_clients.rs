@@ -8,62 +8,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{canonical, Agent, HeldShell};
+use common::{canonical, grpc_client as client, grpc_python as python, Agent, HeldShell};
 use serde_json::{json, Value};
-
-/// The venv's python, or None (and the test skips) where setup.sh has not
-/// run; under CI it always has, so there a missing venv fails.
-fn python() -> Option<PathBuf> {
-    let venv = std::env::var_os("AUSPEX_GRPC_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auspex/grpc-venv")
-        });
-    let python = venv.join("bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: scripts/setup.sh makes it",
-        python.display()
-    );
-    eprintln!(
-        "skipped: {} is missing (run scripts/setup.sh)",
-        python.display()
-    );
-    None
-}
-
-const CLIENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../scripts/grpc-client/client.py"
-);
-
-/// Runs the client; its last line of output, as JSON.
-pub fn client(python: &PathBuf, args: &[&str]) -> Value {
-    let out = Command::new(python)
-        .arg(CLIENT)
-        .args(args)
-        .env(
-            "AUSPEX_CLIENT_TIMEOUT",
-            (15 * common::time_scale()).to_string(),
-        )
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "client {args:?}: {e}: {}\nstdout: {stdout}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn grpc_target(agent: &Agent) -> String {
     agent.logged_after("gRPC event stream on http://")
@@ -186,7 +134,7 @@ fn subscribe_filters_by_process_over_a_unix_socket() {
     let exe = canonical("/bin/true");
     let request = json!({"types": ["process_exec"], "pids": [ours.pid()], "exes": [&exe]});
     let mut subscriber = Command::new(&py)
-        .arg(CLIENT)
+        .arg(common::GRPC_CLIENT)
         .args([&endpoint, "subscribe", &request.to_string(), "1"])
         .stdout(Stdio::piped())
         .spawn()

@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{deadline, Agent};
+use common::{deadline, grpc_client as client, grpc_python as python, Agent};
 use serde_json::json;
 
 /// Runs openssl in `dir`; fails with its output.
@@ -101,48 +101,6 @@ fn leaf(dir: &Path, name: &str, by: &str, server: bool) {
 
 fn path(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
-}
-
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("AUSPEX_GRPC_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auspex/grpc-venv")
-        })
-        .join("bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: scripts/setup.sh makes it",
-        python.display()
-    );
-    eprintln!(
-        "skipped: {} is missing (run scripts/setup.sh)",
-        python.display()
-    );
-    None
-}
-
-const CLIENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../scripts/grpc-client/client.py"
-);
-
-fn client(python: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python)
-        .arg(CLIENT)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
-        panic!(
-            "client {args:?}: {e}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 #[test]

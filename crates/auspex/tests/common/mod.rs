@@ -350,3 +350,52 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The venv's python, or None (and the test skips) where setup.sh has not
+/// run; under CI it always has, so there a missing venv fails.
+pub fn grpc_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("AUSPEX_GRPC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auspex/grpc-venv")
+        });
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: scripts/setup.sh makes it",
+        python.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (run scripts/setup.sh)",
+        python.display()
+    );
+    None
+}
+
+pub const GRPC_CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../scripts/grpc-client/client.py"
+);
+
+/// Runs the Python gRPC client (scripts/grpc-client); its last line of
+/// output, as JSON.
+pub fn grpc_client(python: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(python)
+        .arg(GRPC_CLIENT)
+        .args(args)
+        .env("AUSPEX_CLIENT_TIMEOUT", (15 * time_scale()).to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "client {args:?}: {e}: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
