@@ -103,6 +103,21 @@ fn path(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
 }
 
+/// An agent serving gRPC over mutual TLS with `d`'s server.crt and
+/// server.key, trusting clients of ca.crt.
+fn mtls_agent(d: &Path) -> Agent {
+    Agent::start(&[
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--grpc-tls-cert",
+        &path(d, "server.crt"),
+        "--grpc-tls-key",
+        &path(d, "server.key"),
+        "--grpc-tls-client-ca",
+        &path(d, "ca.crt"),
+    ])
+}
+
 #[test]
 fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     let Some(py) = python() else { return };
@@ -113,16 +128,7 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
     leaf(d, "server", "ca", true);
     leaf(d, "client", "ca", false);
     leaf(d, "stranger", "other-ca", false);
-    let agent = Agent::start(&[
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--grpc-tls-cert",
-        &path(d, "server.crt"),
-        "--grpc-tls-key",
-        &path(d, "server.key"),
-        "--grpc-tls-client-ca",
-        &path(d, "ca.crt"),
-    ]);
+    let agent = mtls_agent(d);
     let target = agent.logged_after("gRPC event stream on https://");
     let ca = path(d, "ca.crt");
     let with = |cert: &str| {
@@ -291,16 +297,7 @@ fn auspex_events_stops_on_a_refused_certificate_instead_of_retrying() {
     ca(d, "other-ca");
     leaf(d, "server", "ca", true);
     leaf(d, "stranger", "other-ca", false);
-    let agent = Agent::start(&[
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--grpc-tls-cert",
-        &path(d, "server.crt"),
-        "--grpc-tls-key",
-        &path(d, "server.key"),
-        "--grpc-tls-client-ca",
-        &path(d, "ca.crt"),
-    ]);
+    let agent = mtls_agent(d);
     let address = format!(
         "https://{}",
         agent.logged_after("gRPC event stream on https://")
