@@ -57,6 +57,9 @@ struct Entry {
     /// child), n after its n-th; None when it was read from /proc without
     /// an event saying which (taken for 1, see docs/events.md).
     image: Option<u32>,
+    /// The exec_id of that image of this process (from `start_ticks` and
+    /// `image`), written once and shared with every event of it.
+    exec_id: Option<Arc<str>>,
     ppid: u32,
     uid: u32,
     /// Shared with every event of the process (an `Arc` clone, no copy).
@@ -64,7 +67,7 @@ struct Entry {
     args: Option<Arc<[String]>>,
     args_truncated: Option<bool>,
     cgroup_id: u64,
-    container_id: Option<String>,
+    container_id: Option<Arc<str>>,
 }
 
 /// Live processes by pid. Bounded: at capacity an arbitrary entry is
@@ -75,7 +78,7 @@ pub struct ProcessTable<P: ProcFs = SystemProc> {
     evicted: u64,
     /// Container by cgroup id, for cgroup ids that tell containers apart
     /// (on hosts where processes sit in the cgroup v2 root, they do not).
-    containers: HashMap<u64, Option<String>>,
+    containers: HashMap<u64, Option<Arc<str>>>,
     /// cgroup ids without a path below the v2 root (the root itself).
     pathless: std::collections::HashSet<u64>,
     /// The node and boot, for start times and exec ids; without it events
@@ -119,18 +122,21 @@ impl<P: ProcFs> ProcessTable<P> {
     }
 
     /// The exec_id of image `image` of process `pid`, if its start is known.
-    fn exec_id(&self, pid: u32, start_ticks: Option<u64>, image: Option<u32>) -> Option<String> {
+    fn exec_id(&self, pid: u32, start_ticks: Option<u64>, image: Option<u32>) -> Option<Arc<str>> {
         let identity = self.identity.as_ref()?;
-        Some(identity.exec_id(pid, start_ticks?, image.unwrap_or(1)))
+        Some(
+            identity
+                .exec_id(pid, start_ticks?, image.unwrap_or(1))
+                .into(),
+        )
     }
 
     /// The current exec_id of process `pid` (read from /proc if unknown).
-    fn exec_id_of(&mut self, pid: u32) -> Option<String> {
+    fn exec_id_of(&mut self, pid: u32) -> Option<Arc<str>> {
         if pid == 0 {
             return None;
         }
-        let entry = self.lookup(pid)?;
-        self.exec_id(pid, entry.start_ticks, entry.image)
+        self.lookup(pid)?.exec_id
     }
 
     fn start_time(&self, start_ticks: Option<u64>) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -168,7 +174,8 @@ impl<P: ProcFs> ProcessTable<P> {
                     }
                     _ => 1,
                 };
-                process.exec_id = self.exec_id(process.pid, process.start_ticks, Some(image));
+                let exec_id = self.exec_id(process.pid, process.start_ticks, Some(image));
+                process.exec_id = exec_id.clone();
                 process.start_time = self.start_time(process.start_ticks);
                 process.parent_exec_id = self.exec_id_of(process.ppid);
                 let container = self.resolve_container(process.pid, process.cgroup_id);
@@ -177,6 +184,7 @@ impl<P: ProcFs> ProcessTable<P> {
                     Entry {
                         start_ticks: process.start_ticks,
                         image: Some(image),
+                        exec_id,
                         ppid: process.ppid,
                         uid: process.uid,
                         exe: process.exe.clone(),
@@ -217,6 +225,7 @@ impl<P: ProcFs> ProcessTable<P> {
                 let mut entry = self.lookup(parent.pid).unwrap_or(Entry {
                     start_ticks: None,
                     image: None,
+                    exec_id: None,
                     ppid: 0,
                     uid: process.uid,
                     exe: None,
@@ -229,6 +238,7 @@ impl<P: ProcFs> ProcessTable<P> {
                 entry.uid = process.uid;
                 entry.start_ticks = process.start_ticks;
                 entry.image = Some(0);
+                entry.exec_id = self.exec_id(process.pid, process.start_ticks, Some(0));
                 if entry.cgroup_id != process.cgroup_id && process.cgroup_id != 0 {
                     entry.container_id = self.resolve_container(process.pid, process.cgroup_id);
                     entry.cgroup_id = process.cgroup_id;
@@ -261,9 +271,16 @@ impl<P: ProcFs> ProcessTable<P> {
                 process.start_time = self.start_time(process.start_ticks);
                 return;
             }
+            process.exec_id = if process
+                .start_ticks
+                .is_none_or(|t| entry.start_ticks == Some(t))
+            {
+                entry.exec_id
+            } else {
+                self.exec_id(process.pid, process.start_ticks, entry.image)
+            };
             process.start_ticks = process.start_ticks.or(entry.start_ticks);
             process.start_time = self.start_time(process.start_ticks);
-            process.exec_id = self.exec_id(process.pid, process.start_ticks, entry.image);
             if process.ppid == 0 {
                 process.ppid = entry.ppid;
             }
@@ -306,7 +323,7 @@ impl<P: ProcFs> ProcessTable<P> {
 
     /// The ancestors from `ppid` up, nearest first, while they are in
     /// `container`; consecutive identical executables collapsed.
-    fn lineage(&mut self, ppid: u32, container: &Option<String>) -> Vec<Ancestor> {
+    fn lineage(&mut self, ppid: u32, container: &Option<Arc<str>>) -> Vec<Ancestor> {
         let mut lineage: Vec<Ancestor> = Vec::new();
         let mut pid = ppid;
         // Bounded twice: by the lineage's size, and by the steps taken (a
@@ -323,7 +340,7 @@ impl<P: ProcFs> ProcessTable<P> {
                 lineage.push(Ancestor {
                     uid: entry.uid,
                     start_time: self.start_time(entry.start_ticks),
-                    exec_id: self.exec_id(pid, entry.start_ticks, entry.image),
+                    exec_id: entry.exec_id,
                     exe: entry.exe,
                 });
             }
@@ -341,6 +358,7 @@ impl<P: ProcFs> ProcessTable<P> {
         let entry = Entry {
             start_ticks: p.start_ticks,
             image: None,
+            exec_id: self.exec_id(pid, p.start_ticks, None),
             ppid: p.ppid,
             uid: p.uid,
             container_id: self.resolve_container(pid, p.cgroup_id),
@@ -358,7 +376,7 @@ impl<P: ProcFs> ProcessTable<P> {
     /// the process may be gone already), else from the process's cgroup
     /// paths (cgroup v1, or processes in the v2 root, where the id tells
     /// containers apart not at all).
-    fn resolve_container(&mut self, pid: u32, cgroup_id: u64) -> Option<String> {
+    fn resolve_container(&mut self, pid: u32, cgroup_id: u64) -> Option<Arc<str>> {
         if let Some(known) = self.containers.get(&cgroup_id) {
             return known.clone();
         }
@@ -369,7 +387,7 @@ impl<P: ProcFs> ProcessTable<P> {
             }
             match self.proc.cgroup_path(cgroup_id) {
                 Some(path) => {
-                    let container = container_id::from_cgroup_path(&path);
+                    let container = container_id::from_cgroup_path(&path).map(Arc::from);
                     self.containers.insert(cgroup_id, container.clone());
                     return container;
                 }
@@ -383,6 +401,7 @@ impl<P: ProcFs> ProcessTable<P> {
             .cgroups(pid)
             .iter()
             .find_map(|p| container_id::from_cgroup_path(p))
+            .map(Arc::from)
     }
 
     fn insert(&mut self, pid: u32, entry: Entry) {

@@ -225,7 +225,10 @@ impl Tracker {
                 let role = c.role.unwrap_or_else(|| guess_role(&c.local, &c.remote));
                 let (local, remote) = self.config.normaliser.endpoints(role, &c.local, &c.remote);
                 let key = Key {
-                    container_id: c.process.as_ref().and_then(|p| p.container_id.clone()),
+                    container_id: c
+                        .process
+                        .as_ref()
+                        .and_then(|p| p.container_id.as_deref().map(String::from)),
                     exe: c
                         .process
                         .as_ref()
@@ -248,7 +251,10 @@ impl Tracker {
             }
             EventKind::EndpointOpen(e) | EventKind::EndpointClose(e) => {
                 let key = Key {
-                    container_id: e.process.as_ref().and_then(|p| p.container_id.clone()),
+                    container_id: e
+                        .process
+                        .as_ref()
+                        .and_then(|p| p.container_id.as_deref().map(String::from)),
                     exe: e
                         .process
                         .as_ref()
@@ -328,7 +334,7 @@ mod tests {
         Process {
             pid: 42,
             exe: Some("/usr/bin/curl".into()),
-            container_id: container.map(str::to_string),
+            container_id: container.map(std::sync::Arc::from),
             ..Process::default()
         }
     }

@@ -48,6 +48,8 @@ pub struct Sinks {
     queues: Vec<Queued>,
     /// Buffers for the events' JSON, reused once every sink wrote them.
     recycled: Recycled,
+    /// Writes the JSON, reusing each thread's process object.
+    writer: auspex_events::json::EventWriter,
     /// Events handed to the sinks, by type.
     reported: BTreeMap<&'static str, u64>,
     /// The events counter of each type, looked up once: a lookup per
@@ -78,6 +80,7 @@ impl Sinks {
         Ok(Sinks {
             queues,
             recycled: Recycled::default(),
+            writer: Default::default(),
             reported: BTreeMap::new(),
             counters,
         })
@@ -87,10 +90,8 @@ impl Sinks {
         let kind = event.kind.name();
         let mut json = self.recycled.take();
         let buffer = Arc::get_mut(&mut json).expect("a recycled buffer is ours alone");
-        let mut bytes = std::mem::take(buffer).into_bytes();
-        bytes.clear();
-        serde_json::to_writer(&mut bytes, event).expect("events serialise");
-        *buffer = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        buffer.clear();
+        self.writer.write(buffer, event);
         for queue in &mut self.queues {
             queue.push(kind, &json, &mut self.recycled);
         }
