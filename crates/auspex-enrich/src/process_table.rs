@@ -15,6 +15,11 @@ use crate::container_id;
 pub trait ProcFs {
     /// What /proc says about a process now; None when it is gone.
     fn process(&self, pid: u32) -> Option<Process>;
+    /// Its parent and start (clock ticks since boot), when that is all
+    /// that is needed: cheaper than all of it.
+    fn parent_and_start(&self, pid: u32) -> Option<(u32, Option<u64>)> {
+        self.process(pid).map(|p| (p.ppid, p.start_ticks))
+    }
     /// The process's cgroup paths, the cgroup v2 one first.
     fn cgroups(&self, pid: u32) -> Vec<String>;
     /// The path of the cgroup v2 directory whose id (inode) is `id`; None
@@ -33,6 +38,11 @@ impl ProcFs for SystemProc {
         self.reader
             .exists(pid)
             .then(|| self.reader.process(pid, pid))
+    }
+
+    fn parent_and_start(&self, pid: u32) -> Option<(u32, Option<u64>)> {
+        let (ppid, start) = self.reader.parent_and_start(pid)?;
+        Some((ppid, Some(start)))
     }
 
     fn cgroups(&self, pid: u32) -> Vec<String> {
@@ -206,10 +216,10 @@ impl<P: ProcFs> ProcessTable<P> {
                 // Methods without BTF leave the start, and the parent under
                 // CLONE_PARENT, to /proc.
                 if process.start_ticks.is_none() || process.ppid == 0 {
-                    if let Some(now) = self.proc.process(process.pid) {
-                        process.start_ticks = process.start_ticks.or(now.start_ticks);
+                    if let Some((ppid, start)) = self.proc.parent_and_start(process.pid) {
+                        process.start_ticks = process.start_ticks.or(start);
                         if process.ppid == 0 {
-                            process.ppid = now.ppid;
+                            process.ppid = ppid;
                         }
                     }
                 }

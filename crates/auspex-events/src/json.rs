@@ -628,7 +628,7 @@ mod tests {
                 parent_exec_id: self.maybe(|g| g.string().into()),
                 uid: self.next() as u32,
                 gid: self.next() as u32,
-                comm: self.string(),
+                comm: self.string().into(),
                 exe: self.maybe(|g| g.string().into()),
                 exe_truncated: self.coin(),
                 exe_detached: self.coin(),

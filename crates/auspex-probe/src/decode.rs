@@ -326,7 +326,7 @@ fn process(h: &task_info) -> Process {
         ppid: h.ppid,
         uid: h.uid,
         gid: h.gid,
-        comm: c_string(&h.comm),
+        comm: auspex_events::Comm::from_utf8_lossy(c_str(&h.comm)),
         cgroup_id: h.cgroup_id,
         // /proc/PID/stat's rounding (nsec_to_clock_t): down to the tick.
         start_ticks: (h.start_boottime != 0).then_some(h.start_boottime / NS_PER_TICK),
@@ -335,9 +335,9 @@ fn process(h: &task_info) -> Process {
 }
 
 /// Text up to the first NUL; bytes that are not UTF-8 become U+FFFD.
-fn c_string(bytes: &[u8]) -> String {
+fn c_str(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
 }
 
 /// "true\0bin\0usr\0" → "/usr/bin/true" (see `struct exec_event`).

@@ -34,7 +34,12 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 /// The process's cgroup paths, the cgroup v2 one first; empty when the
 /// process is gone.
 pub fn paths(pid: u32) -> Vec<String> {
-    let Ok(cgroups) = Process::new(pid as i32).and_then(|p| p.cgroups()) else {
+    // The file alone, not through `Process::new`, which opens and stats
+    // /proc/PID first: on a cgroup v1 host this is read for every exec
+    // (the v2 id tells no container apart there), and it was 28 % of the
+    // pipeline's CPU in a fork+exec storm (perf, core_bpf).
+    use procfs::FromRead;
+    let Ok(cgroups) = procfs::ProcessCGroups::from_file(format!("/proc/{pid}/cgroup")) else {
         return Vec::new();
     };
     let mut paths: Vec<(bool, String)> = cgroups

@@ -88,6 +88,12 @@ mod on {
             self.slowly(read, found)
         }
 
+        fn parent_and_start(&self, pid: u32) -> Option<(u32, Option<u64>)> {
+            let read = self.0.parent_and_start(pid);
+            let found = read.is_some();
+            self.slowly(read, found)
+        }
+
         fn cgroups(&self, pid: u32) -> Vec<String> {
             let read = self.0.cgroups(pid);
             let found = !read.is_empty();

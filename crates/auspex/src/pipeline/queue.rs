@@ -79,7 +79,6 @@ impl Recycled {
     }
 
     /// Whether it holds no buffer.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.buffers.is_empty()
     }
@@ -244,6 +243,11 @@ impl Queued {
             let _ = doorbell.try_send(());
         }
         self.unrung = 0;
+        self.reclaim(recycled);
+    }
+
+    /// Takes back the buffers the writer is done with.
+    pub fn reclaim(&mut self, recycled: &mut Recycled) {
         self.used
             .try_iter()
             .flatten()
