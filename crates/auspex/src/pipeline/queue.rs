@@ -30,74 +30,125 @@ pub const STALL_AFTER: Duration = Duration::from_secs(2);
 
 /// Events a writer takes before it flushes, so that a sink under constant
 /// load still flushes (and counts what it wrote) regularly.
-const BATCH: u64 = 1024;
+const FLUSH_EVERY: u64 = 1024;
 
-/// Events handed over before the writer is woken without waiting for the
-/// end of the pipeline's batch: waking it for each event costs a futex call
+/// Events a batch holds at most (fewer with a small queue: a quarter of
+/// it), before it is handed to the writers without waiting for the end of
+/// the pipeline's batch. Waking a writer for each event costs a futex call
 /// on both sides (perf, a TCP storm of 160,000 events: 2,559 futex calls
 /// with the writer woken per batch, the agent's main loop alone made 210).
-const WAKE_EVERY: usize = 256;
+pub const BATCH_EVENTS: usize = 256;
 
-/// One event's JSON, serialised once for every sink.
-pub type Json = Arc<String>;
-
-/// One event's type and JSON.
-type Item = (&'static str, Json);
-
-/// The JSON a writer is done with, handed back so that the pipeline's
-/// thread frees what it allocated: freed by the writer, each free took
-/// glibc's lock of the pipeline's arena (perf: `__lll_lock_wait_private`
-/// in the writer, `__lll_lock_wake_private` in the pipeline). With both,
-/// the storm above costs the agent 88-89 ticks of CPU instead of 92-97
-/// (release build; main before the queues: 71-75, of which the collector
-/// thread 42-45 against 51-53 now, the writes moved to the writer thread).
-/// The pipeline now reuses them (`Recycled`) rather than freeing them.
-type Used = Vec<Json>;
-
-/// Buffers of JSON the sinks are done with, for the next events: no
-/// allocation, no copy per event (issue 19: before, each event's JSON was
-/// copied into an `Arc<str>` of its own, a malloc, a memmove and a free).
-#[derive(Default)]
-pub struct Recycled {
-    buffers: Vec<Json>,
+/// The JSON of a run of events, one line each, written once for every
+/// sink: the output writes the whole text with one call, a sink that
+/// takes events one by one (gRPC) gets each line. Handed over as one
+/// `Arc` per batch rather than one per event: with an `Arc<String>` per
+/// event, their reference counts, the channel sends and the buffers'
+/// recycling were 21 % of the pipeline thread's CPU in a TCP storm, and
+/// copying each into the output's buffer most of the writer thread's
+/// (perf, core_bpf, issue 19).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Each event's JSON followed by a newline.
+    text: String,
+    /// Each event's type, and where its JSON is in `text`.
+    events: Vec<(&'static str, usize, usize)>,
 }
 
-/// Buffers kept at most: what a writer hands back per round at high rates
-/// (WAKE_EVERY events, or a batch), about 1 KiB each for process and
-/// connection events.
-const RECYCLED_MAX: usize = 1024;
-/// A larger buffer (a delta of a big table) is freed, not kept.
-const RECYCLED_CAPACITY_MAX: usize = 64 * 1024;
+impl Batch {
+    /// Appends an event of type `kind`, whose JSON `write` appends to the
+    /// string it is given (without a newline).
+    pub fn push(&mut self, kind: &'static str, write: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        write(&mut self.text);
+        let end = self.text.len();
+        self.text.push('\n');
+        self.events.push((kind, start, end));
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Each event's type and JSON (no newline).
+    pub fn events(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.events
+            .iter()
+            .map(|&(kind, start, end)| (kind, &self.text[start..end]))
+    }
+
+    /// Every event's JSON, each followed by a newline.
+    pub fn lines(&self) -> &str {
+        &self.text
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.events.clear();
+    }
+}
+
+/// One batch, as every sink's queue holds it.
+pub type Shared = Arc<Batch>;
+
+/// The batches a writer is done with, handed back so that the pipeline's
+/// thread reuses what it allocated: freed by the writer, each free took
+/// glibc's lock of the pipeline's arena (perf: `__lll_lock_wait_private`
+/// in the writer, `__lll_lock_wake_private` in the pipeline).
+type Used = Vec<Shared>;
+
+/// Batches the sinks are done with, for the next events: no allocation
+/// per batch once the agent runs.
+#[derive(Default)]
+pub struct Recycled {
+    batches: Vec<Batch>,
+}
+
+/// Batches kept at most: more than are in flight between the pipeline and
+/// a writer that keeps up.
+const RECYCLED_MAX: usize = 16;
+/// A larger batch (with a delta of a big table) is freed, not kept.
+const RECYCLED_CAPACITY_MAX: usize = 1024 * 1024;
 
 impl Recycled {
-    /// An empty buffer: a used one when there is one.
-    pub fn take(&mut self) -> Json {
-        match self.buffers.pop() {
-            Some(json) => json,
-            None => Arc::new(String::with_capacity(1024)),
+    /// An empty batch: a used one when there is one.
+    pub fn take(&mut self) -> Batch {
+        match self.batches.pop() {
+            Some(batch) => batch,
+            None => Batch {
+                text: String::with_capacity(64 * 1024),
+                events: Vec::with_capacity(BATCH_EVENTS),
+            },
         }
     }
 
-    /// Whether it holds no buffer.
+    /// Whether it holds no batch.
     pub fn is_empty(&self) -> bool {
-        self.buffers.is_empty()
+        self.batches.is_empty()
     }
 
-    /// Keeps `json` for reuse once nothing else holds it (the last sink
+    /// Keeps `batch` for reuse once nothing else holds it (the last sink
     /// that had it gave it back).
-    pub fn give(&mut self, json: Json) {
-        if Arc::strong_count(&json) == 1
-            && json.capacity() <= RECYCLED_CAPACITY_MAX
-            && self.buffers.len() < RECYCLED_MAX
-        {
-            self.buffers.push(json);
+    pub fn give(&mut self, batch: Shared) {
+        if let Ok(mut batch) = Arc::try_unwrap(batch) {
+            if batch.text.capacity() <= RECYCLED_CAPACITY_MAX && self.batches.len() < RECYCLED_MAX {
+                batch.clear();
+                self.batches.push(batch);
+            }
         }
     }
 }
 
 /// What the writer thread tells the pipeline's side.
 #[derive(Default)]
-struct Shared {
+struct Progress {
+    /// Events in the queue: added before a batch is sent, taken off when
+    /// the writer receives it.
+    queued: AtomicU64,
     /// Events the sink took and flushed.
     written: AtomicU64,
     /// Events the sink did not want (a gRPC stream without subscribers).
@@ -116,18 +167,16 @@ pub struct Queued {
     /// As in messages: `the output`.
     pub name: &'static str,
     /// Dropped to tell the writer that nothing more comes.
-    sender: Option<Sender<Item>>,
-    /// The same channel, to take the oldest event out when it is full.
-    oldest: Option<Receiver<Item>>,
+    sender: Option<Sender<Shared>>,
+    /// The same channel, to take the oldest batch out when it is full.
+    oldest: Option<Receiver<Shared>>,
     /// Wakes the writer: it waits on this, not on the queue (dropped with
     /// the queue).
     doorbell: Option<Sender<()>>,
-    /// Events handed over since the writer was last woken.
-    unrung: usize,
-    /// What the writer is done with, to free here.
+    /// What the writer is done with, to reuse here.
     used: Receiver<Used>,
     capacity: usize,
-    shared: Arc<Shared>,
+    shared: Arc<Progress>,
     /// Disconnected when the writer thread has ended.
     done: Receiver<()>,
     /// The drop cause of events lost to a full queue: `<id>_queue_full`.
@@ -170,7 +219,7 @@ impl Queued {
         let (doorbell, rings) = crossbeam_channel::bounded(1);
         let (give_back, used) = crossbeam_channel::unbounded();
         let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Progress::default());
         let name = sink.name();
         let oldest = receiver.clone();
         std::thread::Builder::new()
@@ -194,7 +243,6 @@ impl Queued {
             sender: Some(sender),
             oldest: Some(oldest),
             doorbell: Some(doorbell),
-            unrung: 0,
             used,
             capacity,
             shared,
@@ -206,65 +254,52 @@ impl Queued {
         })
     }
 
-    /// Hands one event to the writer; when the queue is full, its oldest
-    /// event is lost to make room.
-    pub fn push(&mut self, kind: &'static str, json: &Json, recycled: &mut Recycled) {
+    /// Hands a batch to the writer, and wakes it; when the queue cannot
+    /// take it, its oldest batches are lost to make room (whole batches,
+    /// each of its events counted).
+    pub fn push(&mut self, batch: &Shared, recycled: &mut Recycled) {
         let (Some(sender), Some(oldest)) = (&self.sender, &self.oldest) else {
             return;
         };
-        self.handed += 1;
-        // The writer may take one meanwhile: then there is room anyway.
-        while sender.len() >= self.capacity {
-            if oldest.try_recv().is_ok() {
-                self.lost += 1;
-                let now = monotonic_ms();
-                let since = match self.losing {
-                    // Still the same episode: it lost one within the last
-                    // STALL_AFTER.
-                    Some((since, last)) if now - last < STALL_AFTER.as_millis() as u64 => since,
-                    _ => now,
-                };
-                self.losing = Some((since, now));
-            }
+        let n = batch.len() as u64;
+        self.handed += n;
+        while self.shared.queued.load(Ordering::Relaxed) + n > self.capacity as u64 {
+            // Empty: the writer took it meanwhile (and is about to say so).
+            let Ok(old) = oldest.try_recv() else { break };
+            let m = old.len() as u64;
+            self.shared.queued.fetch_sub(m, Ordering::Relaxed);
+            self.lost += m;
+            let now = monotonic_ms();
+            let since = match self.losing {
+                // Still the same episode: it lost one within the last
+                // STALL_AFTER.
+                Some((since, last)) if now - last < STALL_AFTER.as_millis() as u64 => since,
+                _ => now,
+            };
+            self.losing = Some((since, now));
+            recycled.give(old);
         }
+        // Counted before it is sent: the writer takes it off on receipt.
+        self.shared.queued.fetch_add(n, Ordering::Relaxed);
         // Fails only when the writer has gone, which `failed` reports.
-        let _ = sender.send((kind, Arc::clone(json)));
-        self.unrung += 1;
-        if self.unrung >= WAKE_EVERY {
-            self.wake(recycled);
-        }
-    }
-
-    /// Wakes the writer for what was handed over (and takes back what it
-    /// is done with).
-    fn wake(&mut self, recycled: &mut Recycled) {
+        let _ = sender.send(Arc::clone(batch));
         if let Some(doorbell) = &self.doorbell {
             // Full: it is woken already, and takes everything there is.
             let _ = doorbell.try_send(());
         }
-        self.unrung = 0;
-        self.reclaim(recycled);
     }
 
-    /// Takes back the buffers the writer is done with.
+    /// Takes back the batches the writer is done with.
     pub fn reclaim(&mut self, recycled: &mut Recycled) {
         self.used
             .try_iter()
             .flatten()
-            .for_each(|json| recycled.give(json));
+            .for_each(|batch| recycled.give(batch));
     }
 
     /// Events lost because the queue was full.
     pub fn lost(&self) -> u64 {
         self.lost
-    }
-
-    /// The end of the pipeline's batch: the writer writes (and flushes)
-    /// what it was handed.
-    pub fn flush(&mut self, recycled: &mut Recycled) {
-        if self.unrung > 0 {
-            self.wake(recycled);
-        }
     }
 
     /// Whether the sink failed (its writer ended with an error).
@@ -300,7 +335,7 @@ impl Queued {
         SinkStatus {
             sink: self.id,
             written: self.shared.written.load(Ordering::Relaxed),
-            queued: self.sender.as_ref().map_or(0, |s| s.len() as u64),
+            queued: self.shared.queued.load(Ordering::Relaxed),
             capacity: self.capacity as u64,
             lost: self.lost,
             stalled_since: stalled.map(|since| now_secs().saturating_sub((now - since) / 1000)),
@@ -346,10 +381,10 @@ impl Queued {
 /// the sink and flushes; once the queue is closed, finishes the sink.
 fn write_all(
     mut sink: Box<dyn Sink>,
-    queue: &Receiver<Item>,
+    queue: &Receiver<Shared>,
     rings: &Receiver<()>,
     give_back: &Sender<Used>,
-    shared: &Shared,
+    shared: &Progress,
 ) -> io::Result<()> {
     // Every call into the sink is timed, for /status: one that does not
     // return is a stalled sink.
@@ -366,21 +401,23 @@ fn write_all(
         // Written to the sink, not yet flushed.
         let mut pending = 0;
         let mut used = Used::with_capacity(queue.len());
-        // The writes are timed by the BATCH (from its first write to its
+        // The writes are timed by the round (from its first write to its
         // flush), not one by one: two clock reads per event were 1 % of the
         // agent's CPU in a TCP storm (issue 19), and a batch that takes
         // STALL_AFTER is a stalled sink too.
         shared.busy_since.store(monotonic_ms(), Ordering::Relaxed);
         let writes = (|| {
-            for (kind, json) in queue.try_iter() {
+            for batch in queue.try_iter() {
+                let n = batch.len() as u64;
+                shared.queued.fetch_sub(n, Ordering::Relaxed);
                 if sink.wants() {
-                    sink.write(kind, &json)?;
-                    pending += 1;
+                    sink.write_batch(&batch)?;
+                    pending += n;
                 } else {
-                    shared.unwanted.fetch_add(1, Ordering::Relaxed);
+                    shared.unwanted.fetch_add(n, Ordering::Relaxed);
                 }
-                used.push(json);
-                if pending >= BATCH {
+                used.push(batch);
+                if pending >= FLUSH_EVERY {
                     sink.flush()?;
                     shared.written.fetch_add(pending, Ordering::Relaxed);
                     pending = 0;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use auspex_collect::Drops;
 use auspex_events::Event;
 
-use super::queue::{Queued, Recycled, SinkReport};
+use super::queue::{Batch, Queued, Recycled, SinkReport, BATCH_EVENTS};
 use crate::metrics::{Metrics, TypeLabel};
 use crate::status::SinkStatus;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +32,13 @@ pub trait Sink: Send {
     /// One event of type `kind`, as its JSON object (no newline). An error
     /// ends the run: the sink gets nothing more.
     fn write(&mut self, kind: &'static str, json: &str) -> io::Result<()>;
+    /// A batch of events: each in turn unless the sink can take them
+    /// whole (the output writes their lines with one call).
+    fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
+        batch
+            .events()
+            .try_for_each(|(kind, json)| self.write(kind, json))
+    }
     /// The end of a batch: what is buffered should reach its reader. Events
     /// count as written once the flush after them returned.
     fn flush(&mut self) -> io::Result<()> {
@@ -46,7 +53,11 @@ pub trait Sink: Send {
 /// Every sink behind its queue, and what the pipeline reported.
 pub struct Sinks {
     queues: Vec<Queued>,
-    /// Buffers for the events' JSON, reused once every sink wrote them.
+    /// The events written since the last batch was handed over.
+    batch: Batch,
+    /// Events a batch holds at most.
+    batch_max: usize,
+    /// Batches to reuse once every sink wrote them.
     recycled: Recycled,
     /// Writes the JSON, reusing each thread's process object.
     writer: auspex_events::json::EventWriter,
@@ -77,9 +88,14 @@ impl Sinks {
                 (kind, metrics.events.get_or_create(&label).clone())
             })
             .collect();
+        let mut recycled = Recycled::default();
         Ok(Sinks {
             queues,
-            recycled: Recycled::default(),
+            batch: recycled.take(),
+            // A batch is lost whole when a queue is full: a quarter of the
+            // queue at most, so that a full queue still holds the newest.
+            batch_max: BATCH_EVENTS.min(capacity / 4).max(1),
+            recycled,
             writer: Default::default(),
             reported: BTreeMap::new(),
             counters,
@@ -88,36 +104,41 @@ impl Sinks {
 
     pub fn write(&mut self, event: &Event) {
         let kind = event.kind.name();
-        // The writers hand buffers back per round; taken back only at the
-        // next wake, the pool ran dry within a batch and every event of its
-        // first part allocated a new one (perf, TCP storm: malloc 6 % of the
-        // pipeline thread, from `Recycled::take`).
+        let writer = &mut self.writer;
+        self.batch.push(kind, |json| writer.write(json, event));
+        *self.reported.entry(kind).or_default() += 1;
+        if let Some(counter) = self.counters.get(kind) {
+            counter.inc();
+        }
+        if self.batch.len() >= self.batch_max {
+            self.hand_over();
+        }
+    }
+
+    /// The end of the pipeline's batch: what was written is handed to the
+    /// writers, each of which flushes once it has written what is queued.
+    pub fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            self.hand_over();
+        }
+    }
+
+    /// Hands the batch to every queue, and starts the next.
+    fn hand_over(&mut self) {
+        // The writers hand batches back per round: taken back only when
+        // the next is needed.
         if self.recycled.is_empty() {
             for queue in &mut self.queues {
                 queue.reclaim(&mut self.recycled);
             }
         }
-        let mut json = self.recycled.take();
-        let buffer = Arc::get_mut(&mut json).expect("a recycled buffer is ours alone");
-        buffer.clear();
-        self.writer.write(buffer, event);
+        let next = self.recycled.take();
+        let batch = Arc::new(std::mem::replace(&mut self.batch, next));
         for queue in &mut self.queues {
-            queue.push(kind, &json, &mut self.recycled);
+            queue.push(&batch, &mut self.recycled);
         }
         // Kept at once when no sink took it.
-        self.recycled.give(json);
-        *self.reported.entry(kind).or_default() += 1;
-        if let Some(counter) = self.counters.get(kind) {
-            counter.inc();
-        }
-    }
-
-    /// The end of a batch: each writer flushes once it has written what is
-    /// queued.
-    pub fn flush(&mut self) {
-        for queue in &mut self.queues {
-            queue.flush(&mut self.recycled);
-        }
+        self.recycled.give(batch);
     }
 
     /// Whether a sink failed: the run ends.
@@ -146,6 +167,7 @@ impl Sinks {
     /// Closes every queue, and waits for the writers until `deadline` at
     /// the latest: what each sink did.
     pub fn finish(mut self, deadline: Instant) -> Vec<SinkReport> {
+        self.flush();
         // All closed first: they finish side by side.
         self.queues.iter_mut().for_each(Queued::close);
         self.queues
@@ -290,7 +312,7 @@ mod tests {
     }
 
     /// What a sink that blocks costs the pipeline: nothing but the events
-    /// its queue cannot hold, the oldest, counted.
+    /// its queue cannot hold, the oldest (in whole batches), each counted.
     #[test]
     fn a_blocked_sink_holds_up_nothing_and_loses_its_oldest_events_counted() {
         const CAPACITY: usize = 50;
@@ -325,10 +347,20 @@ mod tests {
         let sinks = sent
             .recv_timeout(Duration::from_secs(30))
             .expect("the pipeline was held up by a blocked sink");
-        let lost = u64::from(SENT) - CAPACITY as u64 - 1;
-        assert_eq!(sinks.drops(), [("blocked_queue_full", lost)]);
+        // Batches of a quarter of the queue, 12 events: after the first
+        // event (a batch of its own, taken), 41 batches of 12 and one of 7.
+        // The queue holds the newest that fit: the 7 and three of 12.
+        let batch = (CAPACITY / 4) as u64;
+        let last = u64::from(SENT - 1) % batch;
         let status = sinks.status();
-        assert_eq!(status[0].queued, CAPACITY as u64, "{status:?}");
+        let queued = status[0].queued;
+        assert_eq!(
+            queued,
+            last + (CAPACITY as u64 - last) / batch * batch,
+            "{status:?}"
+        );
+        let lost = u64::from(SENT) - 1 - queued;
+        assert_eq!(sinks.drops(), [("blocked_queue_full", lost)]);
         assert_eq!(
             status[0].stalled.as_deref(),
             Some("it cannot keep up: its queue is full"),
@@ -340,15 +372,11 @@ mod tests {
         drop(open);
         let reports = sinks.finish(in_a_while());
         let expected: Vec<u32> = std::iter::once(0)
-            .chain(SENT - CAPACITY as u32..SENT)
+            .chain(SENT - queued as u32..SENT)
             .collect();
         assert_eq!(pids(&blocked), expected);
         let r = &reports[0];
-        assert_eq!(
-            (r.written, r.lost, r.left),
-            (CAPACITY as u64 + 1, lost, 0),
-            "{r:?}"
-        );
+        assert_eq!((r.written, r.lost, r.left), (queued + 1, lost, 0), "{r:?}");
     }
 
     /// Buffers come back from the writers and are reused: a short event
@@ -386,7 +414,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        assert!(!sinks.recycled.is_empty(), "no buffer came back for reuse");
+        for queue in &mut sinks.queues {
+            queue.reclaim(&mut sinks.recycled);
+        }
+        assert!(!sinks.recycled.is_empty(), "no batch came back for reuse");
         sinks.finish(in_a_while());
         assert_eq!(*lines.lock().unwrap(), expected);
     }
