@@ -1,6 +1,10 @@
 //! The thread that reads the kernel. It owns the running collector (a BPF
 //! ring buffer is not `Send`: the thread that polls it must own it), polls
-//! it, and hands each decoded event to a bounded queue. It never waits on
+//! it, and hands the events each poll decoded, together, to a bounded
+//! queue. Together: handed over one by one, each send woke the pipeline's
+//! thread, which on a busy CPU took over at once and went back to sleep
+//! after one event, and so did the writers behind it (perf, ebpf TCP
+//! storm: half of the agent's CPU in context switches). It never waits on
 //! anything else: enrichment, which may wait on /proc, runs on the other
 //! side of the queue (the pipeline, on the run loop's thread). A full queue
 //! loses the event, counted as `enrich_queue_full`, rather than stalling
@@ -54,6 +58,9 @@ struct Shared {
     /// How full its kernel buffer was, as last read.
     fill: Mutex<Option<auspex_collect::BufferFill>>,
     queue_full: AtomicU64,
+    /// Events in the queue: added before a poll's events are sent, taken
+    /// off when the run loop receives them.
+    queued: AtomicU64,
     /// Events still queued when stopping passed its deadline.
     past_deadline: AtomicU64,
 }
@@ -86,7 +93,9 @@ pub struct Reader {
 
 enum Source {
     Thread {
-        events: Receiver<Event>,
+        events: Receiver<Vec<Event>>,
+        /// What is left of the last poll's events.
+        rest: std::vec::IntoIter<Event>,
         commands: Sender<Command>,
         stop: Arc<AtomicBool>,
         /// Taken when the thread is joined.
@@ -134,6 +143,7 @@ impl Reader {
             Ok(Ok(started)) => {
                 let source = Source::Thread {
                     events,
+                    rest: Vec::new().into_iter(),
                     commands,
                     stop,
                     thread: Some(thread),
@@ -155,22 +165,47 @@ impl Reader {
         timeout: Duration,
         on_event: &mut dyn FnMut(Event),
     ) -> anyhow::Result<()> {
-        let (events, thread) = match &mut self.source {
+        let (events, rest, thread) = match &mut self.source {
             Source::Inline(collector) => return collector.poll(timeout, on_event),
-            Source::Thread { events, thread, .. } => (events, thread),
+            Source::Thread {
+                events,
+                rest,
+                thread,
+                ..
+            } => (events, rest, thread),
         };
-        match events.recv_timeout(timeout) {
-            Ok(first) => on_event(first),
-            Err(RecvTimeoutError::Timeout) => return Ok(()),
-            // The thread ended on its own: its error says why.
-            Err(RecvTimeoutError::Disconnected) => {
-                if let Some(thread) = thread.take() {
-                    joined(thread)?;
+        let queued = &self.shared.queued;
+        let take = |chunk: Vec<Event>| {
+            queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+            chunk.into_iter()
+        };
+        if rest.len() == 0 {
+            match events.recv_timeout(timeout) {
+                Ok(chunk) => *rest = take(chunk),
+                Err(RecvTimeoutError::Timeout) => return Ok(()),
+                // The thread ended on its own: its error says why.
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Some(thread) = thread.take() {
+                        joined(thread)?;
+                    }
+                    return Err(anyhow!("the collector stopped"));
                 }
-                return Err(anyhow!("the collector stopped"));
             }
         }
-        events.try_iter().take(BATCH).for_each(on_event);
+        let mut handed = 0;
+        loop {
+            rest.by_ref().take(BATCH - handed).for_each(|e| {
+                handed += 1;
+                on_event(e)
+            });
+            if handed >= BATCH {
+                break;
+            }
+            match events.try_recv() {
+                Ok(chunk) => *rest = take(chunk),
+                Err(_) => break,
+            }
+        }
         Ok(())
     }
 
@@ -179,7 +214,7 @@ impl Reader {
     pub fn caught_up(&self) -> bool {
         match &self.source {
             Source::Inline(_) => true,
-            Source::Thread { events, .. } => events.is_empty(),
+            Source::Thread { events, rest, .. } => rest.len() == 0 && events.is_empty(),
         }
     }
 
@@ -263,13 +298,15 @@ impl Reader {
             }
             Source::Thread {
                 events,
+                rest,
                 stop,
                 thread,
                 ..
             } => {
                 stop.store(true, Ordering::Relaxed);
+                rest.for_each(&mut on_event);
                 // Ends when the thread has drained the collector and gone.
-                events.iter().for_each(&mut on_event);
+                events.iter().flatten().for_each(&mut on_event);
                 if let Some(thread) = thread {
                     joined(thread)?;
                 }
@@ -299,22 +336,34 @@ fn started(collector: &dyn Collector, shared: &Shared) -> Started {
 /// The collector thread: poll, queue, answer, until told to stop.
 fn read(
     collector: &mut dyn Collector,
-    queue: &Sender<Event>,
+    queue: &Sender<Vec<Event>>,
     commands: &Receiver<Command>,
     shared: &Shared,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut push = |event| {
-        if queue.len() >= QUEUE_CAPACITY {
+    let mut chunk = Vec::new();
+    let push = |chunk: &mut Vec<Event>, event| {
+        let queued = shared.queued.load(Ordering::Relaxed) as usize;
+        if queued + chunk.len() >= QUEUE_CAPACITY {
             shared.queue_full.fetch_add(1, Ordering::Relaxed);
         } else {
+            chunk.push(event);
+        }
+    };
+    // A poll's events, handed over together.
+    let send = |chunk: &mut Vec<Event>| {
+        if !chunk.is_empty() {
+            shared
+                .queued
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             // Fails only once the run loop has gone: nobody to hand it to.
-            let _ = queue.send(event);
+            let _ = queue.send(std::mem::take(chunk));
         }
     };
     let mut next_drops = Instant::now() + DROPS_INTERVAL;
     while !stop.load(Ordering::Relaxed) {
-        collector.poll(POLL_INTERVAL, &mut push)?;
+        collector.poll(POLL_INTERVAL, &mut |e| push(&mut chunk, e))?;
+        send(&mut chunk);
         for command in commands.try_iter() {
             match command {
                 Command::Seed(endpoints, reply) => {
@@ -332,7 +381,8 @@ fn read(
             next_drops = Instant::now() + DROPS_INTERVAL;
         }
     }
-    collector.drain(&mut push)?;
+    collector.drain(&mut |e| push(&mut chunk, e))?;
+    send(&mut chunk);
     *shared.drops.lock().unwrap() = collector.drops()?;
     Ok(())
 }
