@@ -664,6 +664,7 @@ fn main() -> anyhow::Result<()> {
                  /dev/null; medians of {reps} runs. Startup is not counted. With `--baseline \
                  PATH` it runs another build alternately in the same reps: read the ratio, \
                  not the microseconds, on a shared machine.\n\n{}\n\
+                 ## Maximum sustained rate\n\n{}\n\
                  ## In-kernel cost (core_bpf)\n\n\
                  `kernel.bpf_stats_enabled=1` during the run (restored afterwards): run time \
                  over run count of each program, per operation.\n\n{}\n\
@@ -685,6 +686,7 @@ fn main() -> anyhow::Result<()> {
                         baseline: None,
                     },
                 )?,
+                max_rate::max_rate(&args.agent, &max_rate::MaxRateArgs::default())?,
                 kernel_cost(&args.agent, 2000)?,
                 proc_scan(3)?,
             );

@@ -97,6 +97,26 @@ pub fn metric(text: &str, family: &str, label: Option<&str>) -> Option<u64> {
     found
 }
 
+/// The causes of a summary line's drops that are not zero, but `except`:
+/// `enrich_queue_full 12, process_forgotten 1`, or `none`.
+pub fn other_causes(summary: &str, except: &str) -> String {
+    let list = summary
+        .split_once("dropped or incomplete ")
+        .and_then(|(_, rest)| rest.split_once('(')?.1.split_once(')'))
+        .map_or("", |(list, _)| list);
+    let nonzero: Vec<&str> = list
+        .split(", ")
+        .filter(|c| {
+            c.rsplit_once(' ')
+                .is_some_and(|(name, n)| name != except && n != "0")
+        })
+        .collect();
+    match nonzero.is_empty() {
+        true => "none".into(),
+        false => nonzero.join(", "),
+    }
+}
+
 /// Connections due after `elapsed` at `rate` per second.
 pub fn due(elapsed: Duration, rate: f64) -> u64 {
     (elapsed.as_secs_f64() * rate) as u64
@@ -115,9 +135,8 @@ impl Scraper {
     fn text(&self) -> anyhow::Result<String> {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.write_all(
-            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        )?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
         let mut text = String::new();
         stream.read_to_string(&mut text)?;
         Ok(text)
@@ -290,17 +309,19 @@ fn steps_of(agent: &Agent, scraper: &Scraper, args: &MaxRateArgs) -> anyhow::Res
     let mut out = Vec::new();
     let mut measure = |label: String, run: &dyn Fn() -> anyhow::Result<u64>| {
         let (e0, d0) = scraper.settled()?;
-        let c0 = agent.cost().cpu_seconds;
+        let c0 = cpu_ns(agent.pid())?;
         let w0 = Instant::now();
         let connections = run()?;
         let wall = w0.elapsed().as_secs_f64();
-        let c1 = agent.cost().cpu_seconds;
         let (e1, d1) = scraper.settled()?;
+        // After it caught up: the CPU of the step's every event (and of
+        // the two or three scrapes that tell it caught up).
+        let c1 = cpu_ns(agent.pid())?;
         out.push(Step {
             label,
             connections_per_s: connections as f64 / wall,
             reported_per_s: (e1 - e0) as f64 / wall,
-            // Over the step itself: what keeping up with that rate takes.
+            // Per second of the step: what keeping up with that rate takes.
             agent_cpu: (c1 - c0) / wall,
             dropped: d1 - d0,
         });
@@ -368,16 +389,24 @@ fn drain(binary: &Path, method: &str, connections: u64, rounds: u32) -> anyhow::
             let c0 = cpu_ns(agent.pid())?;
             let w0 = Instant::now();
             signal(&agent, Signal::SIGCONT)?;
-            // Polled every 5 ms: each poll is a scrape the agent serves
-            // on the same core, and the figure is within that of the true
-            // drain time. Done when every record is reported or counted as
-            // dropped.
+            // Polled every 5 ms: each poll is a scrape the agent serves on
+            // the same core, and the figure is within that of the true
+            // drain time. Caught up at the last poll that saw the count
+            // move, once every record is reported or counted as dropped,
+            // or the count stood still for 300 ms (drops reach /metrics
+            // only each second).
+            let (mut last, mut moved, mut cpu_then) = (e0, w0, c0);
             loop {
                 let (e, d) = scraper.counts()?;
-                if (e - e0) + (d - d0) >= backlog {
-                    wall += w0.elapsed().as_secs_f64();
-                    cpu += cpu_ns(agent.pid())? - c0;
-                    reported += e - e0;
+                let now = Instant::now();
+                if e != last {
+                    (last, moved, cpu_then) = (e, now, cpu_ns(agent.pid())?);
+                }
+                let still = now - moved > Duration::from_millis(300);
+                if (e - e0) + (d - d0) >= backlog || (still && e > e0) {
+                    wall += (moved - w0).as_secs_f64();
+                    cpu += cpu_then - c0;
+                    reported += last - e0;
                     break;
                 }
                 if w0.elapsed() > Duration::from_secs(30) {
@@ -414,6 +443,7 @@ struct Exact {
     reported: u64,
     kernel_dropped: u64,
     other_dropped: u64,
+    other_causes: String,
     other_network: u64,
 }
 
@@ -455,16 +485,25 @@ fn exact(binary: &Path, method: &str, connections: u64) -> anyhow::Result<Exact>
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
     let port = u64::from(made?);
+    let me = u64::from(std::process::id());
     let (mut ours, mut others) = (0, 0);
-    for event in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+    for event in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
         if !matches!(
             event["type"].as_str(),
             Some("connection_open" | "connection_close")
         ) {
             continue;
         }
+        // By port, or by owner: core_bpf reports a reset connection's close
+        // with local port 0 (the kernel released the port before the state
+        // change), so a server-side close has neither end at the port.
         let ends = [&event["local"]["port"], &event["remote"]["port"]];
-        if ends.iter().any(|p| p.as_u64() == Some(port)) {
+        if ends.iter().any(|p| p.as_u64() == Some(port))
+            || event["process"]["pid"].as_u64() == Some(me)
+        {
             ours += 1;
         } else {
             others += 1;
@@ -478,6 +517,7 @@ fn exact(binary: &Path, method: &str, connections: u64) -> anyhow::Result<Exact>
         reported: ours,
         kernel_dropped,
         other_dropped: all - kernel_dropped,
+        other_causes: other_causes(&summary, "buffer_full_network"),
         other_network: others,
     })
 }
@@ -486,8 +526,8 @@ fn exact(binary: &Path, method: &str, connections: u64) -> anyhow::Result<Exact>
 pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
     pin_self(0)?;
     let mut steps_table = String::from(
-        "| method | offered | connections/s | events/s offered | events/s reported | agent CPU (of one core) | dropped |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| method | offered | connections/s | events/s offered | events/s reported | agent CPU (of one core) | reported per agent CPU-second | dropped |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     let mut drain_table = String::from(
         "| method | kernel buffer | rounds × backlog (events) | caught up in (sum) | reported | events/s reported (wall) | agent CPU | reported per agent CPU-second | dropped |\n\
@@ -503,12 +543,13 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         for s in &steps {
             writeln!(
                 steps_table,
-                "| {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} % | {} |",
+                "| {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} | {} |",
                 s.label,
                 s.connections_per_s,
                 s.connections_per_s * EVENTS_PER_CONNECTION as f64,
                 s.reported_per_s,
                 s.agent_cpu * 100.0,
+                s.reported_per_s / s.agent_cpu.max(1e-3),
                 s.dropped,
             )?;
         }
@@ -523,9 +564,9 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
                 steps[i].label,
                 steps[i].connections_per_s * EVENTS_PER_CONNECTION as f64
             ),
-            None => format!(
-                "{method} dropped nothing up to the workload's maximum, {peak:.0} events/s"
-            ),
+            None => {
+                format!("{method} dropped nothing up to the workload's maximum, {peak:.0} events/s")
+            }
         });
         eprint!("max-rate: {method} steps done:\n{steps_table}");
 
@@ -538,11 +579,12 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         let generated = e.connections * EVENTS_PER_CONNECTION;
         writeln!(
             exact_table,
-            "| {method} | {} | {generated} | {} | {} | {} | {:+} | {} |",
+            "| {method} | {} | {generated} | {} | {} | {} ({}) | {:+} | {} |",
             e.connections,
             e.reported,
             e.kernel_dropped,
             e.other_dropped,
+            e.other_causes,
             (e.reported + e.kernel_dropped + e.other_dropped) as i64 - generated as i64,
             e.other_network,
         )?;
@@ -573,12 +615,22 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         eprint!("max-rate: {method} drain done:\n{drain_table}");
     }
     Ok(format!(
-        "Offered rate in steps (each {:.1} s; the workload's maximum is measured with the \
+        "`auspex-bench max-rate`: the agent's threads pinned to CPU 1 (one core), with the \
+         default kernel buffer (an 8 MiB ring for core_bpf, a perf buffer of 1 MiB per CPU for \
+         ebpf) and `--events tcp` (the programs of other kinds not loaded, so that the \
+         machine's forks stay out of the buffer); the workload is loopback TCP connections, \
+         each exactly four records (both ends' open and close), on CPU 0. One CPU cannot \
+         offer much more than 100,000 events/s this way, so the steps end with a second \
+         worker on CPU 1, sharing it with the agent; \"reported per agent CPU-second\" is the \
+         rate one core would reach at 100 %. The drain and the exact count stop the agent \
+         (SIGSTOP) while the records are made, so that the kernel buffer takes all of them, \
+         then continue it (SIGCONT).\n\n\
+         Offered rate in steps (each {:.1} s; the workload's maximum is measured with the \
          agent running, then offered at fractions of it; \"events/s reported\" includes the \
          machine's background):\n\n{steps_table}\n{}.\n\n\
          Draining a backlog: the agent stopped (SIGSTOP) while the backlog is made, then \
          continued; \"caught up in\" is the wall time until it has reported as many events \
-         (polled every 10 ms), \"agent CPU\" its CPU time over the same span:\n\n{drain_table}\n\
+         (polled every 5 ms: the last poll that saw the count move), \"agent CPU\" its CPU time over the same span:\n\n{drain_table}\n\
          Exact drop counting beyond the buffer: the default buffer, the agent stopped while \
          more connections are made than it holds, events written to a file. The workload's \
          events are those with its listener's port at either end:\n\n{exact_table}",
@@ -643,6 +695,26 @@ auspex_ready 1
     }
 
     #[test]
+    fn the_causes_that_are_not_zero() {
+        let summary =
+            "auspex: 18473 events in 9.1 s (connection_close 9000, connection_open 9473); \
+            the output wrote 18473; dropped or incomplete 104910 (buffer_full_exec 0, \
+            buffer_full_network 61706, enrich_queue_full 43204, processes forgotten 3)";
+        assert_eq!(
+            other_causes(summary, "buffer_full_network"),
+            "enrich_queue_full 43204, processes forgotten 3"
+        );
+        assert_eq!(
+            other_causes(summary, "enrich_queue_full"),
+            "buffer_full_network 61706, processes forgotten 3"
+        );
+        let quiet = "auspex: 4 events in 1.0 s (connection_open 4); the output wrote 4; \
+            dropped or incomplete 0 (buffer_full_exec 0, enrich_queue_full 0)";
+        assert_eq!(other_causes(quiet, "buffer_full_network"), "none");
+        assert_eq!(other_causes("no summary", "x"), "none");
+    }
+
+    #[test]
     fn due_connections_follow_the_rate() {
         assert_eq!(due(Duration::from_millis(0), 1000.0), 0);
         assert_eq!(due(Duration::from_millis(250), 1000.0), 250);
@@ -668,7 +740,10 @@ auspex_ready 1
         );
         // The ring buffer's header is 8 bytes (BPF_RINGBUF_HDR_SZ).
         assert_eq!(record.len() as u64 + 8, record_bytes("core_bpf"));
-        assert_eq!(buffer_records("core_bpf"), (8 << 20) / (record.len() as u64 + 8));
+        assert_eq!(
+            buffer_records("core_bpf"),
+            (8 << 20) / (record.len() as u64 + 8)
+        );
         assert!(buffer_records("ebpf") * record_bytes("ebpf") <= 1 << 20);
     }
 }
