@@ -355,6 +355,8 @@ struct Drain {
     wall: f64,
     cpu: f64,
     dropped: u64,
+    /// The summary's drops that are not zero, by cause.
+    causes: String,
 }
 
 /// CPU time of every thread of `pid` so far, in seconds, to the
@@ -429,13 +431,17 @@ fn drain(binary: &Path, method: &str, connections: u64, rounds: u32) -> anyhow::
             wall,
             cpu,
             dropped: last_d - first_d,
+            causes: String::new(),
         })
     })();
     // Continued whatever happened: a stopped agent left behind would hold
     // the terminal's pipes.
     let _ = kill(Pid::from_raw(agent.pid() as i32), Signal::SIGCONT);
-    agent.stop()?;
-    result
+    let summary = agent.stop()?;
+    result.map(|d| Drain {
+        causes: other_causes(&summary, ""),
+        ..d
+    })
 }
 
 struct Exact {
@@ -568,6 +574,15 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
                 format!("{method} dropped nothing up to the workload's maximum, {peak:.0} events/s")
             }
         });
+        // The most a step says one core would report at 100 %.
+        let capacity = steps
+            .iter()
+            .map(|s| s.reported_per_s / s.agent_cpu.max(1e-3))
+            .fold(0.0, f64::max);
+        verdicts.push(format!(
+            "{method}: at most {:.0} events reported per agent CPU-second in a step",
+            capacity
+        ));
         eprint!("max-rate: {method} steps done:\n{steps_table}");
 
         // What the default buffer holds: 61,680 records of a 8 MiB ring,
@@ -603,7 +618,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         };
         writeln!(
             drain_table,
-            "| {method} | {ring_label} | {rounds} × {} | {:.0} ms | {} | {:.0} | {:.3} s | {:.0} | {} |",
+            "| {method} | {ring_label} | {rounds} × {} | {:.0} ms | {} | {:.0} | {:.3} s | {:.0} | {} ({}) |",
             d.backlog / u64::from(rounds),
             d.wall * 1e3,
             d.reported,
@@ -611,6 +626,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
             d.cpu,
             d.reported as f64 / d.cpu.max(1e-3),
             d.dropped,
+            d.causes,
         )?;
         eprint!("max-rate: {method} drain done:\n{drain_table}");
     }

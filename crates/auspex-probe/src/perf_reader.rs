@@ -46,16 +46,13 @@ unsafe extern "C" fn on_event(
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(record.get(at..at + 4)?.try_into().ok()?))
     };
-    match u32_at(0) {
-        // Header (8 bytes), then the raw sample's size, then the sample.
-        Some(libbpf_sys::PERF_RECORD_SAMPLE) => {
-            if let Some(sample) = u32_at(8).and_then(|n| record.get(12..12 + n as usize)) {
-                (state.on_sample)(sample);
-            }
+    // Header (8 bytes), then the raw sample's size, then the sample. Not
+    // PERF_RECORD_LOST: the programs counted those samples already, per
+    // kind, when their output failed (lib/perf_output.h).
+    if u32_at(0) == Some(libbpf_sys::PERF_RECORD_SAMPLE) {
+        if let Some(sample) = u32_at(8).and_then(|n| record.get(12..12 + n as usize)) {
+            (state.on_sample)(sample);
         }
-        // PERF_RECORD_LOST: the programs counted those samples already,
-        // per kind, when their output failed (lib/perf_output.h).
-        _ => {}
     }
     libbpf_sys::LIBBPF_PERF_EVENT_CONT
 }
