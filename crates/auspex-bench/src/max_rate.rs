@@ -41,6 +41,10 @@ use serde_json::Value;
 
 use crate::agent::{cause, dropped, Agent};
 
+/// Events the agent's queue from its reader to its pipeline holds (past
+/// that they are lost as `enrich_queue_full`; docs/events.md).
+const AGENT_QUEUE: u64 = 16_384;
+
 /// Records per TCP connection: client open, server open, two closes.
 const EVENTS_PER_CONNECTION: u64 = 4;
 
@@ -118,6 +122,37 @@ pub fn other_causes(summary: &str, except: &str) -> String {
     match nonzero.is_empty() {
         true => "none".into(),
         false => nonzero.join(", "),
+    }
+}
+
+/// `auspex_drops_total` by cause.
+pub fn drops_by_cause(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("auspex_drops_total{cause=\""))
+        .filter_map(|l| {
+            let (cause, rest) = l.split_once("\"}")?;
+            let n = rest.trim().parse::<f64>().ok()?;
+            Some((cause.to_string(), n as u64))
+        })
+        .collect()
+}
+
+/// The causes that grew from `before` to `after`: `cause n, ...`, or
+/// `none`.
+pub fn grown_causes(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let grown: Vec<String> = after
+        .iter()
+        .filter_map(|(cause, &n)| {
+            let d = n.saturating_sub(before.get(cause).copied().unwrap_or(0));
+            (d > 0).then(|| format!("{cause} {d}"))
+        })
+        .collect();
+    match grown.is_empty() {
+        true => "none".into(),
+        false => grown.join(", "),
     }
 }
 
@@ -297,6 +332,7 @@ struct Step {
     reported_per_s: f64,
     agent_cpu: f64,
     dropped: u64,
+    causes: String,
 }
 
 /// Measurement 1 for one method.
@@ -313,6 +349,7 @@ fn steps_of(agent: &Agent, scraper: &Scraper, args: &MaxRateArgs) -> anyhow::Res
     let mut out = Vec::new();
     let mut measure = |label: String, run: &dyn Fn() -> anyhow::Result<u64>| {
         let (e0, d0) = scraper.settled()?;
+        let causes0 = drops_by_cause(&scraper.text()?);
         let c0 = cpu_ns(agent.pid())?;
         let w0 = Instant::now();
         let connections = run()?;
@@ -321,7 +358,9 @@ fn steps_of(agent: &Agent, scraper: &Scraper, args: &MaxRateArgs) -> anyhow::Res
         // After it caught up: the CPU of the step's every event (and of
         // the two or three scrapes that tell it caught up).
         let c1 = cpu_ns(agent.pid())?;
+        let causes = grown_causes(&causes0, &drops_by_cause(&scraper.text()?));
         out.push(Step {
+            causes,
             label,
             connections_per_s: connections as f64 / wall,
             reported_per_s: (e1 - e0) as f64 / wall,
@@ -553,7 +592,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         for s in &steps {
             writeln!(
                 steps_table,
-                "| {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} | {} |",
+                "| {method} | {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} | {} ({}) |",
                 s.label,
                 s.connections_per_s,
                 s.connections_per_s * EVENTS_PER_CONNECTION as f64,
@@ -561,6 +600,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
                 s.agent_cpu * 100.0,
                 s.reported_per_s / s.agent_cpu.max(1e-3),
                 s.dropped,
+                s.causes,
             )?;
         }
         let drops: Vec<u64> = steps.iter().map(|s| s.dropped).collect();
@@ -623,7 +663,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
         let half = held / 2 / EVENTS_PER_CONNECTION;
         let backlogs = match (args.drain_connections, method.as_str()) {
             (Some(n), _) => vec![n],
-            (None, "core_bpf") => vec![buffer_records("ebpf") / 2 / EVENTS_PER_CONNECTION, half],
+            (None, "core_bpf") => vec![AGENT_QUEUE * 9 / 10 / EVENTS_PER_CONNECTION, half],
             (None, _) => vec![half],
         };
         let ring_label = match method.as_str() {
@@ -745,6 +785,23 @@ auspex_ready 1
             dropped or incomplete 0 (buffer_full_exec 0, enrich_queue_full 0)";
         assert_eq!(other_causes(quiet, "buffer_full_network"), "none");
         assert_eq!(other_causes("no summary", "x"), "none");
+    }
+
+    #[test]
+    fn drops_that_grew_by_cause() {
+        let before = drops_by_cause(METRICS);
+        assert_eq!(before.get("buffer_full_network"), Some(&7));
+        assert_eq!(before.get("enrich_queue_full"), Some(&2));
+        assert_eq!(before.len(), 2);
+        let after = drops_by_cause(&METRICS.replace("} 2.0", "} 12").replace(
+            "auspex_ready",
+            "auspex_drops_total{cause=\"output_queue_full\"} 1\nauspex_ready",
+        ));
+        assert_eq!(
+            grown_causes(&before, &after),
+            "enrich_queue_full 10, output_queue_full 1"
+        );
+        assert_eq!(grown_causes(&after, &after), "none");
     }
 
     #[test]
