@@ -8,6 +8,7 @@
 
 mod agent;
 mod cpu_per_event;
+mod max_rate;
 mod slow_proc;
 mod workload;
 
@@ -56,6 +57,9 @@ enum Bench {
     /// The agent's CPU per event it reports, per method and workload
     /// (workload on CPU 0, agent on CPU 1).
     CpuPerEvent(cpu_per_event::CpuArgs),
+    /// The agent's maximum sustained event rate on one core, and whether
+    /// drops beyond it are counted exactly.
+    MaxRate(max_rate::MaxRateArgs),
     /// In-kernel time per BPF program (kernel.bpf_stats_enabled).
     KernelCost {
         #[arg(long, default_value_t = 2000)]
@@ -591,6 +595,7 @@ fn main() -> anyhow::Result<()> {
             baseline,
         } => completeness(&args.agent, baseline.as_deref(), *count, *reps)?,
         Bench::CpuPerEvent(a) => cpu_per_event::cpu_per_event(&args.agent, a)?,
+        Bench::MaxRate(a) => max_rate::max_rate(&args.agent, a)?,
         Bench::KernelCost {
             count,
             baseline: None,
@@ -659,6 +664,7 @@ fn main() -> anyhow::Result<()> {
                  /dev/null; medians of {reps} runs. Startup is not counted. With `--baseline \
                  PATH` it runs another build alternately in the same reps: read the ratio, \
                  not the microseconds, on a shared machine.\n\n{}\n\
+                 ## Maximum sustained rate\n\n{}\n\
                  ## In-kernel cost (core_bpf)\n\n\
                  `kernel.bpf_stats_enabled=1` during the run (restored afterwards): run time \
                  over run count of each program, per operation.\n\n{}\n\
@@ -680,6 +686,7 @@ fn main() -> anyhow::Result<()> {
                         baseline: None,
                     },
                 )?,
+                max_rate::max_rate(&args.agent, &max_rate::MaxRateArgs::default())?,
                 kernel_cost(&args.agent, 2000)?,
                 proc_scan(3)?,
             );

@@ -19,13 +19,13 @@ pub(crate) type OnSample = Box<dyn FnMut(&[u8])>;
 /// What the C callback reaches through its context pointer.
 struct State {
     on_sample: OnSample,
-    lost: u64,
 }
 
 pub(crate) struct BatchedPerf {
     pb: NonNull<perf_buffer>,
     // Boxed so its address stays put: libbpf holds a pointer to it.
-    state: Box<State>,
+    // Only held (never read here): the callbacks reach it through libbpf.
+    _state: Box<State>,
 }
 
 unsafe extern "C" fn on_event(
@@ -46,20 +46,13 @@ unsafe extern "C" fn on_event(
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(record.get(at..at + 4)?.try_into().ok()?))
     };
-    match u32_at(0) {
-        // Header (8 bytes), then the raw sample's size, then the sample.
-        Some(libbpf_sys::PERF_RECORD_SAMPLE) => {
-            if let Some(sample) = u32_at(8).and_then(|n| record.get(12..12 + n as usize)) {
-                (state.on_sample)(sample);
-            }
+    // Header (8 bytes), then the raw sample's size, then the sample. Not
+    // PERF_RECORD_LOST: the programs counted those samples already, per
+    // kind, when their output failed (lib/perf_output.h).
+    if u32_at(0) == Some(libbpf_sys::PERF_RECORD_SAMPLE) {
+        if let Some(sample) = u32_at(8).and_then(|n| record.get(12..12 + n as usize)) {
+            (state.on_sample)(sample);
         }
-        // Header, an id (8 bytes), then how many samples were lost.
-        Some(libbpf_sys::PERF_RECORD_LOST) => {
-            if let Some(lost) = record.get(16..24).and_then(|b| b.try_into().ok()) {
-                state.lost += u64::from_ne_bytes(lost);
-            }
-        }
-        _ => {}
     }
     libbpf_sys::LIBBPF_PERF_EVENT_CONT
 }
@@ -73,7 +66,7 @@ impl BatchedPerf {
         wakeup_events: u32,
         on_sample: OnSample,
     ) -> std::io::Result<Self> {
-        let mut state = Box::new(State { on_sample, lost: 0 });
+        let mut state = Box::new(State { on_sample });
         let mut attr = libbpf_sys::perf_event_attr {
             type_: libbpf_sys::PERF_TYPE_SOFTWARE,
             size: size_of::<libbpf_sys::perf_event_attr>() as u32,
@@ -102,7 +95,7 @@ impl BatchedPerf {
         };
         // libbpf returns NULL and sets errno on failure.
         let pb = NonNull::new(pb).ok_or_else(std::io::Error::last_os_error)?;
-        Ok(BatchedPerf { pb, state })
+        Ok(BatchedPerf { pb, _state: state })
     }
 
     /// Waits up to `timeout` for a wakeup and reads what it announced.
@@ -126,17 +119,12 @@ impl BatchedPerf {
         }
         Ok(())
     }
-
-    /// Samples the kernel dropped because a CPU's buffer was full.
-    pub(crate) fn lost(&self) -> u64 {
-        self.state.lost
-    }
 }
 
 impl Drop for BatchedPerf {
     fn drop(&mut self) {
         // SAFETY: `pb` came from perf_buffer__new_raw and is freed once;
-        // `state` is dropped after this, so no callback can reach it.
+        // `_state` is dropped after this, so no callback can reach it.
         unsafe { libbpf_sys::perf_buffer__free(self.pb.as_ptr()) };
     }
 }
