@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod collect;
 mod config;
+mod doorbell;
 mod events;
 mod grpc;
 mod hooks;

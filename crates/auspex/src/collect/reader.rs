@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use auspex_collect::{Collector, Config, Degraded, Drops, Method};
 use auspex_events::{Endpoint, Event};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 /// How long one poll may wait; bounds how late a stop request is noticed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -61,6 +61,8 @@ struct Shared {
     /// Events in the queue: added before a poll's events are sent, taken
     /// off when the run loop receives them.
     queued: AtomicU64,
+    /// Rung when events are sent, and when the thread ends.
+    sent: crate::doorbell::Doorbell,
     /// Events still queued when stopping passed its deadline.
     past_deadline: AtomicU64,
 }
@@ -136,7 +138,11 @@ impl Reader {
                         Err(e) => return report.send(Err(e)).map_err(|_| anyhow!("nobody waited")),
                     };
                     let _ = report.send(Ok(started(collector.as_ref(), &shared)));
-                    read(collector.as_mut(), &queue, &requests, &shared, &stop)
+                    let result = read(collector.as_mut(), &queue, &requests, &shared, &stop);
+                    // The run loop sees the channel disconnected at once.
+                    drop(queue);
+                    shared.sent.ring();
+                    result
                 }
             })?;
         match answer.recv() {
@@ -180,15 +186,27 @@ impl Reader {
             chunk.into_iter()
         };
         if rest.len() == 0 {
-            match events.recv_timeout(timeout) {
-                Ok(chunk) => *rest = take(chunk),
-                Err(RecvTimeoutError::Timeout) => return Ok(()),
-                // The thread ended on its own: its error says why.
-                Err(RecvTimeoutError::Disconnected) => {
-                    if let Some(thread) = thread.take() {
-                        joined(thread)?;
+            // Waits on the doorbell, not in the channel's receive, which
+            // spins and yields first (doorbell.rs).
+            let mut waited = false;
+            loop {
+                match events.try_recv() {
+                    Ok(chunk) => {
+                        *rest = take(chunk);
+                        break;
                     }
-                    return Err(anyhow!("the collector stopped"));
+                    Err(TryRecvError::Empty) if !waited => {
+                        self.shared.sent.wait(Some(timeout));
+                        waited = true;
+                    }
+                    Err(TryRecvError::Empty) => return Ok(()),
+                    // The thread ended on its own: its error says why.
+                    Err(TryRecvError::Disconnected) => {
+                        if let Some(thread) = thread.take() {
+                            joined(thread)?;
+                        }
+                        return Err(anyhow!("the collector stopped"));
+                    }
                 }
             }
         }
@@ -358,6 +376,7 @@ fn read(
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             // Fails only once the run loop has gone: nobody to hand it to.
             let _ = queue.send(std::mem::take(chunk));
+            shared.sent.ring();
         }
     };
     let mut next_drops = Instant::now() + DROPS_INTERVAL;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::doorbell::{Doorbell, Wake};
+
 use super::sink::Sink;
 use crate::status::{monotonic_ms, now_secs, SinkStatus};
 
@@ -170,9 +172,9 @@ pub struct Queued {
     sender: Option<Sender<Shared>>,
     /// The same channel, to take the oldest batch out when it is full.
     oldest: Option<Receiver<Shared>>,
-    /// Wakes the writer: it waits on this, not on the queue (dropped with
+    /// Wakes the writer: it waits on this, not on the queue (closed with
     /// the queue).
-    doorbell: Option<Sender<()>>,
+    doorbell: Arc<Doorbell>,
     /// What the writer is done with, to reuse here.
     used: Receiver<Used>,
     capacity: usize,
@@ -216,7 +218,7 @@ impl Queued {
         // Unbounded, held to `capacity` by its only sender: a bounded
         // channel allocates every slot up front (see collect/reader.rs).
         let (sender, receiver) = crossbeam_channel::unbounded();
-        let (doorbell, rings) = crossbeam_channel::bounded(1);
+        let doorbell = Arc::new(Doorbell::default());
         let (give_back, used) = crossbeam_channel::unbounded();
         let (done_sender, done) = crossbeam_channel::bounded::<()>(0);
         let shared = Arc::new(Progress::default());
@@ -226,6 +228,7 @@ impl Queued {
             .name(format!("sink-{id}"))
             .spawn({
                 let shared = Arc::clone(&shared);
+                let rings = Arc::clone(&doorbell);
                 move || {
                     // Writing to descriptors already open needs no
                     // capability; this thread exists before the lockdown,
@@ -242,7 +245,7 @@ impl Queued {
             name,
             sender: Some(sender),
             oldest: Some(oldest),
-            doorbell: Some(doorbell),
+            doorbell,
             used,
             capacity,
             shared,
@@ -283,10 +286,7 @@ impl Queued {
         self.shared.queued.fetch_add(n, Ordering::Relaxed);
         // Fails only when the writer has gone, which `failed` reports.
         let _ = sender.send(Arc::clone(batch));
-        if let Some(doorbell) = &self.doorbell {
-            // Full: it is woken already, and takes everything there is.
-            let _ = doorbell.try_send(());
-        }
+        self.doorbell.ring();
     }
 
     /// Takes back the batches the writer is done with.
@@ -356,7 +356,7 @@ impl Queued {
     pub fn close(&mut self) {
         self.sender = None;
         self.oldest = None;
-        self.doorbell = None;
+        self.doorbell.close();
     }
 
     /// Closes the queue and waits for the writer until `deadline` at the
@@ -377,12 +377,19 @@ impl Queued {
     }
 }
 
+/// A queue dropped unfinished (the run failed) still lets its writer end.
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.doorbell.close();
+    }
+}
+
 /// The writer thread: when woken, takes every event off the queue into
 /// the sink and flushes; once the queue is closed, finishes the sink.
 fn write_all(
     mut sink: Box<dyn Sink>,
     queue: &Receiver<Shared>,
-    rings: &Receiver<()>,
+    rings: &Doorbell,
     give_back: &Sender<Used>,
     shared: &Progress,
 ) -> io::Result<()> {
@@ -397,7 +404,7 @@ fn write_all(
     let mut open = true;
     while open {
         // Disconnected: the queue is closed, and this is the last round.
-        open = rings.recv().is_ok();
+        open = rings.wait(None) != Wake::Closed;
         // Written to the sink, not yet flushed.
         let mut pending = 0;
         let mut used = Used::with_capacity(queue.len());
