@@ -87,6 +87,8 @@ static __always_inline int legacy_tcp(struct tp_inet_sock_set_state *ctx)
 {
 	struct tcp_view v = { .args = ctx };
 
+	if (!tcp_state_news(ctx->oldstate, ctx->newstate))
+		return 0;
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
 	tcp_state_change(&v, ctx->skaddr, ctx->oldstate, ctx->newstate);
