@@ -72,7 +72,7 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
 	set_owner(e, owner);
 	if (local_port)
 		e->local_port = local_port;
-	bpf_ringbuf_submit(e, wakeup_flag());
+	bpf_ringbuf_submit(e, wakeup_flag(sizeof(*e)));
 }
 
 /* The calling task, for the UDP hooks (cgroup programs, which may not call
@@ -135,7 +135,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
  */
 static __always_inline void udp_output(void *ctx, struct sock_event *e)
 {
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup_flag()))
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup_flag(sizeof(*e))))
 		count(AUSPEX_DROP_RINGBUF_NET);
 }
 
