@@ -75,6 +75,11 @@ static __always_inline void current_task(struct task_info *info)
 	bpf_get_current_comm(&info->comm, sizeof(info->comm));
 }
 
+static __always_inline void tcp_current_task(struct task_info *info)
+{
+	current_task(info);
+}
+
 static __always_inline void header(struct event_header *hdr, __u32 kind, __u32 size)
 {
 	hdr->kind = kind;

@@ -59,10 +59,19 @@ int legacy_exit_btf(void *ctx)
 	return 0;
 }
 
-/* The calling task, with its parent (the helpers alone do not tell it). */
+/* The calling task, with its parent (the helpers alone do not tell it).
+ * For the UDP hooks: cgroup programs, which may not call
+ * bpf_get_current_task_btf(). */
 static __always_inline void current_task(struct task_info *info)
 {
 	fill_task(info, (struct task_struct *)bpf_get_current_task(), UNTRUSTED);
+}
+
+/* The TCP program is a tracing one: direct reads where the kernel allows
+ * them (lib/task.h). */
+static __always_inline void tcp_current_task(struct task_info *info)
+{
+	fill_current_task(info);
 }
 
 /* TCP: lib/legacy_tcp.h with the socket's network namespace. */

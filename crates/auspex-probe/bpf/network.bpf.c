@@ -72,15 +72,21 @@ static __always_inline void emit_sock(struct sock *sk, __u32 kind, __u8 role,
 	set_owner(e, owner);
 	if (local_port)
 		e->local_port = local_port;
-	bpf_ringbuf_submit(e, wakeup_flag());
+	bpf_ringbuf_submit(e, wakeup_flag(sizeof(*e)));
 }
 
-/* The calling task; only meaningful in process context. Not
- * bpf_get_current_task_btf(): it arrived in 5.11, and fill_task reads
- * through BPF_CORE_READ anyway. */
+/* The calling task, for the UDP hooks (cgroup programs, which may not call
+ * bpf_get_current_task_btf()); only meaningful in process context. */
 static __always_inline void current_task(struct task_info *info)
 {
 	fill_task(info, (struct task_struct *)bpf_get_current_task(), UNTRUSTED);
+}
+
+/* The TCP probe is a tracing program: direct reads where the kernel allows
+ * them (lib/task.h). */
+static __always_inline void tcp_current_task(struct task_info *info)
+{
+	fill_current_task(info);
 }
 
 /* TCP: the state machine of lib/tcp_state.h over the socket itself, which
@@ -111,6 +117,10 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 {
 	struct tcp_view v = { .sk = sk };
 
+	/* From the arguments alone, before reading the socket: half of a
+	 * connection's changes carry no news (lib/tcp_state.h). */
+	if (!tcp_state_news(oldstate, newstate))
+		return 0;
 	if (BPF_CORE_READ_BITFIELD(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	tcp_state_change(&v, (__u64)sk, oldstate, newstate);
@@ -125,7 +135,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
  */
 static __always_inline void udp_output(void *ctx, struct sock_event *e)
 {
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup_flag()))
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup_flag(sizeof(*e))))
 		count(AUSPEX_DROP_RINGBUF_NET);
 }
 

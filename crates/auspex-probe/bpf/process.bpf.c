@@ -31,7 +31,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	if (size > sizeof(*e))
 		return 0;
 	fill_header(&e->hdr, task, AUSPEX_EVENT_EXEC, size, TRUSTED);
-	if (bpf_ringbuf_output(&events, e, size, wakeup_flag()))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flag(size)))
 		count(AUSPEX_DROP_RINGBUF_EXEC);
 	return 0;
 }
@@ -50,7 +50,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	e->parent_tid = BPF_CORE_READ(parent, pid);
 	e->is_thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, wakeup_flag());
+	bpf_ringbuf_submit(e, wakeup_flag(sizeof(*e)));
 	return 0;
 }
 
@@ -70,6 +70,6 @@ int BPF_PROG(handle_exit, struct task_struct *task)
 	fill_header(&e->hdr, task, AUSPEX_EVENT_EXIT, sizeof(*e), TRUSTED);
 	e->exit_status = BPF_CORE_READ(task, exit_code);
 	e->flags = 0;
-	bpf_ringbuf_submit(e, wakeup_flag());
+	bpf_ringbuf_submit(e, wakeup_flag(sizeof(*e)));
 	return 0;
 }

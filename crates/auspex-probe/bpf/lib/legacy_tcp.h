@@ -36,13 +36,17 @@ static __always_inline __u32 legacy_netns(__u64 skaddr);
 
 struct tcp_view {
 	struct tp_inet_sock_set_state *args;
+	/* legacy_netns(), read once per run: two bpf_probe_read_kernel()
+	 * calls with CO-RE, which an accepted connection's open needed twice
+	 * (its listener's key, its record). */
+	__u32 netns;
 };
 
 static __always_inline struct listener_key tcp_listener_of(const struct tcp_view *v)
 {
 	/* Without BTF the namespace is 0: keyed by port and family. */
 	struct listener_key key = {
-		.netns = legacy_netns(v->args->skaddr),
+		.netns = v->netns,
 		.port = v->args->sport,
 		.family = v->args->family,
 	};
@@ -65,7 +69,7 @@ static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 
 	e->flags = 0;
 	set_owner(e, owner);
 	e->sock = args->skaddr;
-	e->netns = legacy_netns(args->skaddr);
+	e->netns = v->netns;
 	e->family = args->family;
 	e->protocol = args->protocol;
 	e->role = role;
@@ -87,8 +91,14 @@ static __always_inline int legacy_tcp(struct tp_inet_sock_set_state *ctx)
 {
 	struct tcp_view v = { .args = ctx };
 
+	if (!tcp_state_news(ctx->oldstate, ctx->newstate))
+		return 0;
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
+	/* Every change with news but connect()'s reports the socket or keys
+	 * its listener by it. */
+	if (ctx->newstate != TCP_SYN_SENT)
+		v.netns = legacy_netns(ctx->skaddr);
 	tcp_state_change(&v, ctx->skaddr, ctx->oldstate, ctx->newstate);
 	return 0;
 }

@@ -10,7 +10,7 @@
  *   struct tcp_view          the probe's view of the socket
  *   tcp_listener_of(v)       the socket's key in `listeners`
  *   tcp_emit(v, ...)         sends a sock_event about the socket
- *   current_task(info)       the calling task (process context only)
+ *   tcp_current_task(info)   the calling task (process context only)
  *
  * They are declared below and defined by the probe; each is read only where
  * the transition needs it, so the changes nobody reports (most of a
@@ -35,7 +35,26 @@ static __always_inline struct listener_key tcp_listener_of(const struct tcp_view
 static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 role,
 				     const struct task_info *owner, __u16 local_port);
 
-static __always_inline void current_task(struct task_info *info);
+static __always_inline void tcp_current_task(struct task_info *info);
+
+/*
+ * Whether a change from `oldstate` to `newstate` is one tcp_state_change()
+ * acts on (the list below). About half of a connection's ten or so changes
+ * are not (LISTEN -> SYN_RECV, FIN_WAIT1 -> FIN_WAIT2, FIN_WAIT2 -> CLOSE,
+ * CLOSE_WAIT -> LAST_ACK, LAST_ACK -> CLOSE): each probe asks this first,
+ * before reading the socket or the task, so they cost two comparisons.
+ * Kept in step with tcp_state_change() (the live tests check every
+ * transition that is reported).
+ */
+static __always_inline bool tcp_state_news(int oldstate, int newstate)
+{
+	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN)
+		return true;
+	if (oldstate == TCP_SYN_SENT || oldstate == TCP_ESTABLISHED)
+		return true;
+	return (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) ||
+	       (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED);
+}
 
 /*
  * The transitions that matter, and the context each runs in:
@@ -57,12 +76,12 @@ static __always_inline void tcp_state_change(const struct tcp_view *v, __u64 sk,
 	struct sock_owner *known;
 
 	if (newstate == TCP_SYN_SENT) {
-		current_task(&owner);
+		tcp_current_task(&owner);
 		remember_owner(&sk, &owner, AUSPEX_ROLE_CLIENT, 0);
 	} else if (newstate == TCP_LISTEN) {
 		struct listener_key lkey = tcp_listener_of(v);
 
-		current_task(&owner);
+		tcp_current_task(&owner);
 		remember_owner(&sk, &owner, AUSPEX_ROLE_SERVER, lkey.port);
 		if (bpf_map_update_elem(&listeners, &lkey, &owner, BPF_ANY))
 			count(AUSPEX_DROP_LISTENERS_FULL);
