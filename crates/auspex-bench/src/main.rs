@@ -99,6 +99,11 @@ enum Bench {
         write: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Another agent binary (an earlier build): the overhead,
+        /// completeness, CPU-per-event and in-kernel tables then show it
+        /// and --agent side by side, measured alternately.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
 }
 
@@ -123,6 +128,26 @@ struct OverheadArgs {
     #[arg(long)]
     baseline: Option<PathBuf>,
 }
+
+/// What the CPU-per-event table owes to what (issue 19), as profiled when
+/// it changed: prose, not measured by this run.
+const CPU_PER_EVENT_NOTES: &str = "What made it cheaper (issue 19, each step profiled with \
+`perf record --call-graph dwarf` on the agent during a TCP or fork+exec storm): the events' \
+JSON written by a writer of its own (`auspex-events` `json.rs`, held byte for byte to serde's \
+form by its tests; serde_json was 40 % of the agent's CPU), each thread's `process` object \
+written once and reused while it is the same process, `exec_id` computed once per process \
+image (12 %); the events handed from the reader to the pipeline per poll (one at a time, each \
+send woke the pipeline, which on the agent's one CPU ran and slept again per event) and from \
+the pipeline to the sinks in batches of up to 256 (their reference counts, sends and buffer \
+reuse were 21 % of the pipeline thread, copying into the output's buffer most of the writer \
+thread's); the threads waking each other through a condition variable rather than in \
+crossbeam's receive, which spins and yields (32 % of the agent's CPU went to `sched_yield` in \
+an ebpf TCP storm); `comm` kept inline; and the fewest /proc reads where the kernel does not \
+say (a fork without BTF reads /proc/PID/stat alone; a cgroup v1 host's container comes from \
+/proc/PID/cgroup alone). Process events still pay for /proc where the method cannot read the \
+kernel: on a cgroup v1 (or hybrid) host such as this one, the container of every exec is read \
+from /proc/PID/cgroup (28 % of the pipeline thread in a fork+exec storm), and the ebpf method \
+reads each forked child's start from /proc/PID/stat.\n";
 
 /// A method's name in a table row, with the agent's label when there are two.
 fn labelled(method: &str, label: &str) -> String {
@@ -645,7 +670,11 @@ fn main() -> anyhow::Result<()> {
             let ops = workload::run(*mode, Duration::from_secs_f64(*seconds));
             format!("{mode:?}: {ops:.0} ops/s\n")
         }
-        Bench::All { write, reps } => {
+        Bench::All {
+            write,
+            reps,
+            baseline,
+        } => {
             let overhead = overhead(
                 &args.agent,
                 &OverheadArgs {
@@ -653,9 +682,18 @@ fn main() -> anyhow::Result<()> {
                     seconds: 0.5,
                     methods: METHODS.iter().map(|m| m.to_string()).collect(),
                     modes: Vec::new(),
-                    baseline: None,
+                    baseline: baseline.clone(),
                 },
             )?;
+            let compared = match baseline {
+                Some(b) => format!(
+                    "Against the baseline (`{}`), all the agent's programs, µs per \
+                     operation:\n\n{}",
+                    b.display(),
+                    kernel_cost_compared(&args.agent, Some(b), None, 2000, *reps)?
+                ),
+                None => String::new(),
+            };
             let doc = format!(
                 "# Performance\n\n\
                  Measured by `target/release/auspex-bench all --write docs/performance.md` \
@@ -685,11 +723,11 @@ fn main() -> anyhow::Result<()> {
                  over the events it reported while the workload ran on CPU 0, events to \
                  /dev/null; medians of {reps} runs. Startup is not counted. With `--baseline \
                  PATH` it runs another build alternately in the same reps: read the ratio, \
-                 not the microseconds, on a shared machine.\n\n{}\n\
+                 not the microseconds, on a shared machine.\n\n{}\n{CPU_PER_EVENT_NOTES}\n\
                  ## Maximum sustained rate\n\n{}\n\
                  ## In-kernel cost (core_bpf)\n\n\
                  `kernel.bpf_stats_enabled=1` during the run (restored afterwards): run time \
-                 over run count of each program, per operation.\n\n{}\n\
+                 over run count of each program, per operation.\n\n{}\n{compared}\n\
                  ## The proc method's scan\n\n{}\n\
                  ## Userspace pipeline\n\n\
                  `cargo bench -p auspex-probe --features testing --bench pipeline` (decode → \
@@ -697,7 +735,7 @@ fn main() -> anyhow::Result<()> {
                  updates with 10,000 active connections, memory per connection); see their \
                  output.\n",
                 machine(),
-                completeness(&args.agent, None, 2000, 1)?,
+                completeness(&args.agent, baseline.as_deref(), 2000, 1)?,
                 cpu_per_event::cpu_per_event(
                     &args.agent,
                     &cpu_per_event::CpuArgs {
@@ -705,7 +743,7 @@ fn main() -> anyhow::Result<()> {
                         seconds: 2.0,
                         methods: vec!["core_bpf".into(), "ebpf".into()],
                         modes: vec![Mode::Tcp, Mode::ForkExec],
-                        baseline: None,
+                        baseline: baseline.clone(),
                     },
                 )?,
                 max_rate::max_rate(&args.agent, &max_rate::MaxRateArgs::default())?,
