@@ -106,9 +106,26 @@ static __always_inline struct listener_key tcp_listener_of(const struct tcp_view
 	return key;
 }
 
+/*
+ * A connection that goes to CLOSE (a reset, sent or received) is traced
+ * after the kernel released its port: tcp_set_state() calls inet_put_port(),
+ * which zeroes inet_num (skc_num), before inet_sk_state_store() fires the
+ * tracepoint (4.16 to 6.18 alike). inet_sport, the port in the connection's
+ * headers, is left alone until the socket is reused; it is what the classic
+ * tracepoint reports as `sport`, which is why the ebpf method never showed
+ * the port as 0 (tests/network_events.rs). Read, with one
+ * bpf_probe_read_kernel() (inet_sock lies beyond the struct sock the
+ * verifier knows), only when skc_num is 0: an open's port is always there.
+ */
 static __always_inline void tcp_emit(const struct tcp_view *v, __u32 kind, __u8 role,
 				     const struct task_info *owner, __u16 local_port)
 {
+	/* A variable of its own: in BPF_CORE_READ's argument, v->sk would be
+	 * a relocation against struct tcp_view, which the kernel lacks. */
+	struct inet_sock *inet = (struct inet_sock *)v->sk;
+
+	if (!local_port && !v->sk->__sk_common.skc_num)
+		local_port = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
 	emit_sock(v->sk, kind, role, owner, local_port, TRUSTED);
 }
 
