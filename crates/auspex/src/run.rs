@@ -161,11 +161,14 @@ fn scheme(listening: &Listening<'_>) -> &'static str {
 /// Ends the sinks by `deadline`, prints the summary, and says whether
 /// every event was delivered.
 fn finish(
-    pipeline: Pipeline,
+    mut pipeline: Pipeline,
     reader_drops: &[(&'static str, u64)],
     started: Instant,
     deadline: Instant,
 ) -> anyhow::Result<()> {
+    // The last batch handed over first: a full queue loses (and counts)
+    // its oldest then, before the drops are read.
+    pipeline.flush();
     let reported = pipeline.reported().clone();
     let evicted = pipeline.processes_evicted();
     let drops = [reader_drops.to_vec(), pipeline.drops()].concat();

@@ -82,7 +82,10 @@ fn a_stalled_output_loses_counted_events_and_sigterm_still_stops_the_agent() {
         s["drops"]["output_queue_full"].as_u64().unwrap() > 0,
         "{s:#}"
     );
-    assert_eq!(s["sinks"][0]["queued"], QUEUE, "{s:#}");
+    // Full: batches (a quarter of the queue at most) are handed over and
+    // lost whole, so a full queue holds more than three quarters of it.
+    let queued = s["sinks"][0]["queued"].as_u64().unwrap();
+    assert!(queued <= QUEUE && queued > QUEUE - QUEUE / 4, "{s:#}");
     assert_eq!(
         s["sinks"][0]["lost"], s["drops"]["output_queue_full"],
         "{s:#}"
