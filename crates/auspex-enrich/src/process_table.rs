@@ -91,6 +91,8 @@ pub struct ProcessTable<P: ProcFs = SystemProc> {
     containers: HashMap<u64, Option<Arc<str>>>,
     /// cgroup ids without a path below the v2 root (the root itself).
     pathless: std::collections::HashSet<u64>,
+    /// Container by the id of a cgroup in a v1 hierarchy (`cgroup1_id`).
+    v1_containers: HashMap<u64, Option<Arc<str>>>,
     /// The node and boot, for start times and exec ids; without it events
     /// get neither.
     identity: Option<Identity>,
@@ -120,6 +122,7 @@ impl<P: ProcFs> ProcessTable<P> {
             evicted: 0,
             containers: HashMap::new(),
             pathless: std::collections::HashSet::new(),
+            v1_containers: HashMap::new(),
             identity: None,
             proc,
         }
@@ -188,7 +191,8 @@ impl<P: ProcFs> ProcessTable<P> {
                 process.exec_id = exec_id.clone();
                 process.start_time = self.start_time(process.start_ticks);
                 process.parent_exec_id = self.exec_id_of(process.ppid);
-                let container = self.resolve_container(process.pid, process.cgroup_id);
+                let container =
+                    self.resolve_container(process.pid, process.cgroup_id, process.cgroup1_id);
                 self.insert(
                     process.pid,
                     Entry {
@@ -250,7 +254,7 @@ impl<P: ProcFs> ProcessTable<P> {
                 entry.image = Some(0);
                 entry.exec_id = self.exec_id(process.pid, process.start_ticks, Some(0));
                 if entry.cgroup_id != process.cgroup_id && process.cgroup_id != 0 {
-                    entry.container_id = self.resolve_container(process.pid, process.cgroup_id);
+                    entry.container_id = self.resolve_container(process.pid, process.cgroup_id, 0);
                     entry.cgroup_id = process.cgroup_id;
                 }
                 self.insert(process.pid, entry);
@@ -305,7 +309,7 @@ impl<P: ProcFs> ProcessTable<P> {
             {
                 entry.container_id
             } else {
-                self.resolve_container(process.pid, process.cgroup_id)
+                self.resolve_container(process.pid, process.cgroup_id, 0)
             };
         } else {
             // Gone before /proc was read, and never seen to fork or exec:
@@ -371,7 +375,7 @@ impl<P: ProcFs> ProcessTable<P> {
             exec_id: self.exec_id(pid, p.start_ticks, None),
             ppid: p.ppid,
             uid: p.uid,
-            container_id: self.resolve_container(pid, p.cgroup_id),
+            container_id: self.resolve_container(pid, p.cgroup_id, 0),
             exe: p.exe,
             args: p.args,
             args_truncated: p.args_truncated,
@@ -385,8 +389,11 @@ impl<P: ProcFs> ProcessTable<P> {
     /// known for that cgroup, else found from the cgroup's path (by its id:
     /// the process may be gone already), else from the process's cgroup
     /// paths (cgroup v1, or processes in the v2 root, where the id tells
-    /// containers apart not at all).
-    fn resolve_container(&mut self, pid: u32, cgroup_id: u64) -> Option<Arc<str>> {
+    /// containers apart not at all). There, a `cgroup1_id` (its cgroup in
+    /// a v1 hierarchy, from the probe) other than 0 remembers the answer:
+    /// read at every exec, /proc/PID/cgroup was 28 % of the pipeline's CPU
+    /// in a fork+exec storm on a host with cgroup v1 (perf, issue 19).
+    fn resolve_container(&mut self, pid: u32, cgroup_id: u64, cgroup1_id: u64) -> Option<Arc<str>> {
         if let Some(known) = self.containers.get(&cgroup_id) {
             return known.clone();
         }
@@ -407,11 +414,24 @@ impl<P: ProcFs> ProcessTable<P> {
                 }
             }
         }
-        self.proc
-            .cgroups(pid)
+        if cgroup1_id != 0 {
+            if let Some(known) = self.v1_containers.get(&cgroup1_id) {
+                return known.clone();
+            }
+        }
+        let paths = self.proc.cgroups(pid);
+        let container = paths
             .iter()
             .find_map(|p| container_id::from_cgroup_path(p))
-            .map(Arc::from)
+            .map(Arc::from);
+        // Only what a live process said: one gone says nothing.
+        if cgroup1_id != 0 && !paths.is_empty() {
+            if self.v1_containers.len() >= CGROUPS_REMEMBERED {
+                self.v1_containers.clear();
+            }
+            self.v1_containers.insert(cgroup1_id, container.clone());
+        }
+        container
     }
 
     fn insert(&mut self, pid: u32, entry: Entry) {
@@ -711,6 +731,41 @@ mod tests {
         let mut h = exec(30, 1, "/bin/true", 1);
         table.apply(&mut h);
         assert_eq!(p(&h).container_id, None);
+    }
+
+    /// A host with cgroup v1: every process in the v2 root (id 1), the
+    /// probe giving each exec its cgroup's id in a v1 hierarchy: /proc is
+    /// read once per v1 cgroup, not once per exec.
+    #[test]
+    fn on_cgroup_v1_containers_resolve_once_per_v1_cgroup() {
+        let proc = FakeProc::default();
+        let mut table = ProcessTable::with_proc(64, &proc);
+        let v1_exec = |pid, cgroup1_id| {
+            let mut e = exec(pid, 1, "/bin/x", 1);
+            if let EventKind::ProcessExec { process } = &mut e.kind {
+                process.cgroup1_id = cgroup1_id;
+            }
+            e
+        };
+        let mut first = v1_exec(80, 500);
+        table.apply(&mut first);
+        assert_eq!(p(&first).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        let reads = proc.cgroup_reads.get();
+        let mut second = v1_exec(81, 500);
+        table.apply(&mut second);
+        assert_eq!(p(&second).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        let mut host = v1_exec(30, 7);
+        table.apply(&mut host);
+        assert_eq!(p(&host).container_id, None);
+        assert_eq!(proc.cgroup_reads.get(), reads + 1, "one read for cgroup 7");
+        let mut host = v1_exec(31, 7);
+        table.apply(&mut host);
+        assert_eq!(p(&host).container_id, None);
+        // Without the id (the ebpf method without BTF): read each time.
+        let mut unknown = v1_exec(70, 0);
+        table.apply(&mut unknown);
+        assert_eq!(p(&unknown).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        assert_eq!(proc.cgroup_reads.get(), reads + 2);
     }
 
     #[test]

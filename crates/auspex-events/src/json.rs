@@ -444,6 +444,7 @@ fn same_process(a: &Process, b: &Process) -> bool {
         args,
         args_truncated,
         cgroup_id,
+        cgroup1_id: _,
         container_id,
         lineage,
     } = a;
@@ -623,6 +624,7 @@ mod tests {
                 tid: self.next() as u32,
                 ppid: self.next() as u32,
                 start_ticks: None,
+                cgroup1_id: self.next(),
                 start_time: self.maybe(Gen::time),
                 exec_id: self.maybe(|g| g.string().into()),
                 parent_exec_id: self.maybe(|g| g.string().into()),

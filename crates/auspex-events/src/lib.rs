@@ -245,6 +245,12 @@ pub struct Process {
     pub args_truncated: Option<bool>,
     /// cgroup v2 id: the inode number of the process's cgroup directory.
     pub cgroup_id: u64,
+    /// On process_exec, where the probe reads it: the id of its cgroup in
+    /// the cgroup v1 hierarchy of its memory (else pids) controller, by
+    /// which enrichment remembers containers on hosts with cgroup v1; 0
+    /// when unknown. Not part of the JSON form.
+    #[serde(skip)]
+    pub cgroup1_id: u64,
     /// The container the process runs in (12 hex digits); absent on the host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<Arc<str>>,

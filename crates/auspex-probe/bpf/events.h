@@ -134,6 +134,12 @@ struct exec_event {
 	__u16 args_len;
 	__u32 flags;		/* enum auspex_exec_flags */
 	__u32 _pad;
+	/* The id of the task's cgroup in the cgroup v1 hierarchy of its
+	 * memory (else pids) controller; 0 where the probe cannot read it (no
+	 * BTF). On a host with cgroup v1 the v2 id tells no container apart:
+	 * userspace remembers each container by this id instead of reading
+	 * /proc/PID/cgroup at every exec. */
+	__u64 cgroup1_id;
 	__u8 data[AUSPEX_PATH_MAX + AUSPEX_ARGS_MAX];
 };
 

@@ -100,6 +100,8 @@ int legacy_exec(struct tp_sched_process_exec *ctx)
 	e->args_len = 0;
 	e->flags = AUSPEX_EXEC_EXE_VERBATIM | AUSPEX_EXEC_ARGS_UNREADABLE;
 	e->_pad = 0;
+	/* Unknown without BTF: userspace reads /proc/PID/cgroup. */
+	e->cgroup1_id = 0;
 	long n = bpf_probe_read_kernel_str(e->data, AUSPEX_PATH_MAX,
 					   (void *)ctx + (ctx->filename_loc & 0xffff));
 	__u32 exe_len = n > 1 ? n - 1 : 0;

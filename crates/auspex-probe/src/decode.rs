@@ -314,6 +314,7 @@ fn decode_exec(record: &[u8], header: &event_header) -> Result<EventKind, Decode
             args: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE)).then(|| split_args(args).into()),
             args_truncated: (!has(ExecFlags::AUSPEX_EXEC_ARGS_UNREADABLE))
                 .then(|| has(ExecFlags::AUSPEX_EXEC_ARGS_TRUNCATED)),
+            cgroup1_id: e.cgroup1_id,
             ..process(&header.task)
         },
     })

@@ -88,6 +88,84 @@ fn a_process_moved_into_a_containerd_cgroup_gets_its_container_id() {
     assert!(status.success(), "{status}: {stderr:?}");
 }
 
+/// Where the cgroup v1 hierarchy of the memory controller is mounted, on a
+/// host that has one.
+fn cgroup1_memory_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut fields = right.split(' ');
+        let is_memory =
+            fields.next() == Some("cgroup") && fields.nth(1)?.split(',').any(|o| o == "memory");
+        is_memory.then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+    })
+}
+
+/// On a host with cgroup v1, where the v2 id tells no container apart and
+/// the probe keys containers by the process's memory cgroup: a host
+/// process first (its cgroup remembered as no container), then two
+/// processes of one container, then the host again; for both BPF methods.
+/// The container is read from /proc/PID/cgroup, so from a process alive
+/// when its exec is enriched: the first lives a while, the second is gone
+/// at once (/bin/true) and gets its container from what the first taught.
+#[test]
+fn on_cgroup_v1_processes_get_their_containers_by_their_memory_cgroup() {
+    let Some(memory) = cgroup1_memory_root() else {
+        eprintln!("skipped: this host has no cgroup v1 memory hierarchy");
+        return;
+    };
+    let id = "feed0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
+    let slice = memory.join(format!("auspex-test-{}.slice", std::process::id()));
+    let scope = slice.join(format!("cri-containerd-{id}.scope"));
+    std::fs::create_dir_all(&scope).unwrap();
+    struct Remove(PathBuf, PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.1);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(slice, scope.clone());
+    for method in ["core_bpf", "ebpf"] {
+        let agent = Agent::start(&["--method", method]);
+        let host = |marker: &str| {
+            let mut host = Command::new("/bin/true").arg(marker).spawn().unwrap();
+            host.wait().unwrap();
+            let exec = agent.event("process_exec", host.id());
+            assert!(
+                exec["process"].get("container_id").is_none(),
+                "{method}: {exec}"
+            );
+        };
+        host("on-the-host");
+        let programs = [
+            "read go; exec /bin/sh -c 'sleep 0.5' in-a-v1-container",
+            "read go; exec /bin/true in-a-v1-container",
+        ];
+        for (n, program) in programs.into_iter().enumerate() {
+            let mut child = Command::new("/bin/sh")
+                .args(["-c", program])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::fs::write(scope.join("cgroup.procs"), child.id().to_string()).unwrap();
+            child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+            child.wait().unwrap();
+            let exec = agent.event_where("process_exec", child.id(), |e| {
+                e["process"]["args"].as_array().and_then(|a| a.last())
+                    == Some(&json!("in-a-v1-container"))
+            });
+            assert_eq!(
+                exec["process"]["container_id"], "feed01234567",
+                "{method}, process {n}: {exec}"
+            );
+        }
+        host("on-the-host-again");
+        let (status, stderr) = agent.stop(Signal::SIGTERM);
+        assert!(status.success(), "{status}: {stderr:?}");
+    }
+}
+
 #[test]
 fn a_server_started_before_the_agent_is_a_scraped_endpoint_that_owns_what_it_accepts() {
     server_started_before_the_agent("core_bpf");

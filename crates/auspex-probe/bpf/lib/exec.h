@@ -90,12 +90,41 @@ static __always_inline __u32 read_args(struct task_struct *task, __u8 *buf, __u3
 
 /* Fills an exec record's body (path, then arguments) from `task`, which
  * has just exec'd `file`; returns the record's size. */
+/*
+ * The kernfs id of `task`'s cgroup in the hierarchy of its memory
+ * controller (else its pids controller): see `cgroup1_id` in events.h.
+ * Where that controller is on cgroup v2 this is a v2 cgroup's id (of the
+ * task's cgroup or an ancestor), which userspace does not need: it keys
+ * containers by the v2 id there. The controllers' numbers depend on the
+ * kernel's configuration: CO-RE enum relocations, constants at load.
+ */
+static __always_inline __u64 cgroup1_id(struct task_struct *task)
+{
+	__u32 ssid;
+
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		ssid = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	else if (bpf_core_enum_value_exists(enum cgroup_subsys_id, pids_cgrp_id))
+		ssid = bpf_core_enum_value(enum cgroup_subsys_id, pids_cgrp_id);
+	else
+		return 0;
+	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct cgroup_subsys_state *css = NULL;
+	void *slot = (void *)cset + bpf_core_field_offset(struct css_set, subsys) +
+		     (ssid & 63) * sizeof(css);
+
+	if (!cset || bpf_probe_read_kernel(&css, sizeof(css), slot) || !css)
+		return 0;
+	return BPF_CORE_READ(css, cgroup, kn, id);
+}
+
 static __always_inline __u32 fill_exec(struct exec_event *e, struct task_struct *task,
 				       struct file *file, __u32 argc)
 {
 	e->argc = argc;
 	e->flags = 0;
 	e->_pad = 0;
+	e->cgroup1_id = cgroup1_id(task);
 
 	__u32 exe_len = read_exe_path(file, e->data, &e->flags);
 	if (exe_len > AUSPEX_PATH_MAX)
