@@ -40,7 +40,6 @@ enum Obj {
 /// Which variant of the probe runs a program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
-    Both,
     WithoutBtf,
     WithBtf,
 }
@@ -48,7 +47,6 @@ enum Variant {
 impl Variant {
     fn runs(self, with_btf: bool) -> bool {
         match self {
-            Variant::Both => true,
             Variant::WithoutBtf => !with_btf,
             Variant::WithBtf => with_btf,
         }
@@ -124,8 +122,13 @@ const fn udp(object: Obj, name: &'static str) -> Row<Obj, Part> {
 }
 
 /// Every program of the method, in the order they are attached.
-const PROGRAMS: [Row<Obj, Part>; 30] = [
-    row(Obj::Legacy, "legacy_fork", Variant::Both, Produces::Fork),
+const PROGRAMS: [Row<Obj, Part>; 31] = [
+    row(
+        Obj::Legacy,
+        "legacy_fork",
+        Variant::WithoutBtf,
+        Produces::Fork,
+    ),
     row(
         Obj::Legacy,
         "legacy_tcp_state",
@@ -149,6 +152,12 @@ const PROGRAMS: [Row<Obj, Part>; 30] = [
         "legacy_exit_group",
         Variant::WithoutBtf,
         Produces::Exit,
+    ),
+    row(
+        Obj::LegacyBtf,
+        "legacy_fork_btf",
+        Variant::WithBtf,
+        Produces::Fork,
     ),
     row(
         Obj::LegacyBtf,

@@ -118,7 +118,7 @@ fn ebpf_lists_all_its_programs_and_leaves_nothing_behind() {
     assert_eq!(
         names,
         [
-            "legacy_fork",
+            "legacy_fork_btf",
             "legacy_exec_btf",
             "legacy_exit_btf",
             "legacy_tcp_state_btf",

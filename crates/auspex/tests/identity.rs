@@ -186,7 +186,7 @@ fn events_process_loads_no_network_program_and_reports_no_connection() {
         let programs = attached(&agent);
         let expected: &[&str] = match method {
             "core_bpf" => &["handle_exec", "handle_fork", "handle_exit"],
-            _ => &["legacy_fork", "legacy_exec_btf", "legacy_exit_btf"],
+            _ => &["legacy_fork_btf", "legacy_exec_btf", "legacy_exit_btf"],
         };
         assert_eq!(programs, expected, "{method}: {s:#}");
         let me = std::process::id();
