@@ -142,12 +142,12 @@ the pipeline to the sinks in batches of up to 256 (their reference counts, sends
 reuse were 21 % of the pipeline thread, copying into the output's buffer most of the writer \
 thread's); the threads waking each other through a condition variable rather than in \
 crossbeam's receive, which spins and yields (32 % of the agent's CPU went to `sched_yield` in \
-an ebpf TCP storm); `comm` kept inline; and the fewest /proc reads where the kernel does not \
-say (a fork without BTF reads /proc/PID/stat alone; a cgroup v1 host's container comes from \
-/proc/PID/cgroup alone). Process events still pay for /proc where the method cannot read the \
-kernel: on a cgroup v1 (or hybrid) host such as this one, the container of every exec is read \
-from /proc/PID/cgroup (28 % of the pipeline thread in a fork+exec storm), and the ebpf method \
-reads each forked child's start from /proc/PID/stat.\n";
+an ebpf TCP storm); `comm` kept inline; and /proc read only where the kernel does not say: on \
+a cgroup v1 (or hybrid) host such as this one, the exec probes send the id of the process's \
+memory cgroup and each container is read once per such cgroup, not at every exec \
+(/proc/PID/cgroup was 28 % of the pipeline thread in a fork+exec storm), and the ebpf method \
+with BTF reads a forked child's start in the kernel (a raw tracepoint) instead of \
+/proc/PID/stat (38 %). Without BTF, ebpf still reads both from /proc.\n";
 
 /// A method's name in a table row, with the agent's label when there are two.
 fn labelled(method: &str, label: &str) -> String {

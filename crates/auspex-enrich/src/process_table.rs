@@ -22,6 +22,12 @@ pub trait ProcFs {
     }
     /// The process's cgroup paths, the cgroup v2 one first.
     fn cgroups(&self, pid: u32) -> Vec<String>;
+    /// The id and path of the process's cgroup in the v1 hierarchy the
+    /// exec probes name in `cgroup1_id` (its memory, else pids, controller);
+    /// None without one.
+    fn cgroup1(&self, _pid: u32) -> Option<(u64, String)> {
+        None
+    }
     /// The path of the cgroup v2 directory whose id (inode) is `id`; None
     /// for the root or an unknown id.
     fn cgroup_path(&self, id: u64) -> Option<String>;
@@ -47,6 +53,10 @@ impl ProcFs for SystemProc {
 
     fn cgroups(&self, pid: u32) -> Vec<String> {
         auspex_procfs::cgroup::paths(pid)
+    }
+
+    fn cgroup1(&self, pid: u32) -> Option<(u64, String)> {
+        self.reader.cgroup1(pid)
     }
 
     fn cgroup_path(&self, id: u64) -> Option<String> {
@@ -419,17 +429,26 @@ impl<P: ProcFs> ProcessTable<P> {
                 return known.clone();
             }
         }
-        let paths = self.proc.cgroups(pid);
-        let container = paths
+        let container = self
+            .proc
+            .cgroups(pid)
             .iter()
             .find_map(|p| container_id::from_cgroup_path(p))
             .map(Arc::from);
-        // Only what a live process said: one gone says nothing.
-        if cgroup1_id != 0 && !paths.is_empty() {
-            if self.v1_containers.len() >= CGROUPS_REMEMBERED {
-                self.v1_containers.clear();
+        // Remembered only when the process is still in the cgroup it
+        // exec'd in (it may have been moved since: runc moves its init
+        // after the exec), and that cgroup's own path names the container
+        // found: else the answer is this event's alone.
+        if cgroup1_id != 0 {
+            if let Some((now, path)) = self.proc.cgroup1(pid) {
+                let own = container_id::from_cgroup_path(&path).map(Arc::from);
+                if now == cgroup1_id && own == container {
+                    if self.v1_containers.len() >= CGROUPS_REMEMBERED {
+                        self.v1_containers.clear();
+                    }
+                    self.v1_containers.insert(cgroup1_id, container.clone());
+                }
             }
-            self.v1_containers.insert(cgroup1_id, container.clone());
         }
         container
     }
@@ -484,8 +503,19 @@ mod tests {
         fn cgroups(&self, pid: u32) -> Vec<String> {
             self.cgroup_reads.set(self.cgroup_reads.get() + 1);
             match pid {
-                60 | 70 | 80 | 81 => vec![CONTAINER.into()],
+                60 | 70 | 80 | 81 | 82 => vec![CONTAINER.into()],
                 _ => vec!["/".into(), "/init.scope".into()],
+            }
+        }
+
+        /// On cgroup v1: 80 and 81 in the container's memory cgroup (500),
+        /// 30 to 32 on the host (7); 82 exec'd in the host's cgroup 900
+        /// and was moved into the container's before it was read.
+        fn cgroup1(&self, pid: u32) -> Option<(u64, String)> {
+            match pid {
+                80..=82 => Some((500, CONTAINER.into())),
+                30..=32 => Some((7, "/init.scope".into())),
+                _ => None,
             }
         }
 
@@ -766,6 +796,15 @@ mod tests {
         table.apply(&mut unknown);
         assert_eq!(p(&unknown).container_id.as_deref(), Some("3b1a8c2d4e5f"));
         assert_eq!(proc.cgroup_reads.get(), reads + 2);
+        // Moved after its exec (as runc moves its init): its own event
+        // says what /proc says, but cgroup 900 is not taken for the
+        // container's, and a host process exec'd there is on the host.
+        let mut moved = v1_exec(82, 900);
+        table.apply(&mut moved);
+        assert_eq!(p(&moved).container_id.as_deref(), Some("3b1a8c2d4e5f"));
+        let mut host = v1_exec(32, 900);
+        table.apply(&mut host);
+        assert_eq!(p(&host).container_id, None, "{host:?}");
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! the agent's CPU in a core_bpf TCP storm (perf, `--call-graph dwarf`:
 //! `Event::serialize` 40.0 %, of it `format_escaped_str_contents` 12.8 %,
 //! the `#[serde(flatten)]` map machinery, and `IpAddr`'s `Display` through
-//! `core::fmt` 6.9 %). Here strings that cannot hold a character JSON
-//! escapes (times, exec ids, hex ids, addresses, names of types) are
-//! copied without a scan, the others scanned eight bytes at a time, and
+//! `core::fmt` 6.9 %). Here what cannot hold a character JSON escapes
+//! (times, hex ids, addresses, names of types) is copied without a scan,
+//! strings scanned eight bytes at a time, each thread's process object
+//! reused while it is the same process (`EventWriter`), and
 //! numbers written by `itoa`; the output is a `String` from the start, so
 //! that no UTF-8 validation follows (`from_utf8` was another 3 %).
 
@@ -32,8 +33,13 @@ pub fn write_event(out: &mut String, event: &Event) {
     EventWriter::default().write(out, event);
 }
 
-/// Processes whose JSON is kept at most; the cache starts again when full.
+/// Processes whose JSON is kept at most, and their JSON's bytes in all;
+/// the cache starts again when either is reached. A process object longer
+/// than CACHED_JSON_MAX (long command lines) is written each time: such
+/// objects are few, and kept per thread they would cost the most memory.
 const CACHED_PROCESSES: usize = 4096;
+const CACHED_BYTES: usize = 2 * 1024 * 1024;
+const CACHED_JSON_MAX: usize = 1024;
 
 /// Writes events one after the other, remembering what repeats between
 /// them: the JSON of each thread's `process` object (every connection of a
@@ -46,6 +52,11 @@ const CACHED_PROCESSES: usize = 4096;
 pub struct EventWriter {
     /// By thread id: the process last written for it, and its JSON.
     processes: HashMap<u32, (Process, String)>,
+    /// The JSON's bytes in `processes`.
+    cached_bytes: usize,
+    /// Objects written from the cache (for the tests).
+    #[cfg(test)]
+    hits: u64,
     /// The last event's whole second (Unix time) and its RFC 3339 digits.
     second: Option<(i64, [u8; 30])>,
 }
@@ -123,21 +134,35 @@ impl EventWriter {
         if let Some((known, json)) = self.processes.get(&p.tid) {
             if same_process(known, p) {
                 out.push_str(json);
+                #[cfg(test)]
+                {
+                    self.hits += 1;
+                }
                 return;
             }
         }
-        let mut json = String::with_capacity(256);
-        process(&mut json, p);
-        out.push_str(&json);
-        if self.processes.len() >= CACHED_PROCESSES {
-            self.processes.clear();
+        let start = out.len();
+        process(out, p);
+        let json = &out[start..];
+        if json.len() > CACHED_JSON_MAX {
+            return self.forget(p.tid);
         }
-        self.processes.insert(p.tid, (p.clone(), json));
+        if self.processes.len() >= CACHED_PROCESSES || self.cached_bytes + json.len() > CACHED_BYTES
+        {
+            self.processes.clear();
+            self.cached_bytes = 0;
+        }
+        self.cached_bytes += json.len();
+        if let Some((_, old)) = self.processes.insert(p.tid, (p.clone(), json.to_string())) {
+            self.cached_bytes -= old.len();
+        }
     }
 
     /// Forgets the JSON of a thread that is gone.
     fn forget(&mut self, tid: u32) {
-        self.processes.remove(&tid);
+        if let Some((_, old)) = self.processes.remove(&tid) {
+            self.cached_bytes -= old.len();
+        }
     }
 
     /// The event's time: the digits to the second are the last event's
@@ -822,7 +847,15 @@ mod tests {
             );
         }
         assert!(reused > 10_000, "{reused}");
+        // The cache was used: connection events (half of them) of an
+        // unchanged process whose object is short enough to keep (the
+        // generator's strings make many too long); a cache that never
+        // hits gives 0.
+        assert!(writer.hits > 2_000, "{} hits", writer.hits);
         assert!(writer.processes.len() <= CACHED_PROCESSES);
+        let bytes: usize = writer.processes.values().map(|(_, j)| j.len()).sum();
+        assert_eq!(writer.cached_bytes, bytes);
+        assert!(bytes <= CACHED_BYTES);
     }
 
     #[test]

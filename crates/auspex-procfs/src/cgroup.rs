@@ -31,6 +31,46 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         .map(|m| m.mount_point.clone())
 }
 
+/// The controllers whose cgroup v1 hierarchy the exec probes name a
+/// process's cgroup in (`cgroup1_id`, bpf/events.h), in the probes' order
+/// of preference.
+const V1_KEYED: [&str; 2] = ["memory", "pids"];
+
+/// Where each v1 hierarchy of [`V1_KEYED`] is mounted, by controller.
+pub fn cgroup1_mounts() -> Vec<(&'static str, PathBuf)> {
+    let Some(mounts) = Process::myself().ok().and_then(|p| p.mountinfo().ok()) else {
+        return Vec::new();
+    };
+    V1_KEYED
+        .iter()
+        .filter_map(|&controller| {
+            let m = mounts.iter().find(|m| {
+                m.fs_type == "cgroup" && m.root == "/" && m.super_options.contains_key(controller)
+            })?;
+            Some((controller, m.mount_point.clone()))
+        })
+        .collect()
+}
+
+/// The id (its directory's inode) and path of process `pid`'s cgroup in
+/// the v1 hierarchy of the first controller of [`V1_KEYED`] it has a line
+/// for, as /proc/PID/cgroup says now; None when there is none, or it
+/// cannot be read. `mounts`: from [`cgroup1_mounts`].
+pub fn cgroup1(pid: u32, mounts: &[(&'static str, PathBuf)]) -> Option<(u64, String)> {
+    use procfs::FromRead;
+    let cgroups = procfs::ProcessCGroups::from_file(format!("/proc/{pid}/cgroup")).ok()?;
+    V1_KEYED.iter().find_map(|&controller| {
+        let line = cgroups
+            .0
+            .iter()
+            .find(|c| c.hierarchy != 0 && c.controllers.iter().any(|c| c == controller))?;
+        let (_, root) = mounts.iter().find(|(c, _)| *c == controller)?;
+        let dir = root.join(line.pathname.trim_start_matches('/'));
+        let id = std::fs::metadata(dir).ok()?.ino();
+        Some((id, line.pathname.clone()))
+    })
+}
+
 /// The process's cgroup paths, the cgroup v2 one first; empty when the
 /// process is gone.
 pub fn paths(pid: u32) -> Vec<String> {

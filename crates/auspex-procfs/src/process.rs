@@ -12,6 +12,8 @@ use crate::cgroup;
 #[derive(Debug, Clone)]
 pub struct ProcReader {
     cgroup2: Option<PathBuf>,
+    /// The v1 hierarchies the exec probes key containers by.
+    cgroup1: Vec<(&'static str, PathBuf)>,
 }
 
 impl Default for ProcReader {
@@ -34,12 +36,19 @@ impl ProcReader {
     pub fn new() -> Self {
         ProcReader {
             cgroup2: cgroup::cgroup2_mount(),
+            cgroup1: cgroup::cgroup1_mounts(),
         }
     }
 
     /// Where cgroup v2 is mounted, if it is.
     pub fn cgroup2_root(&self) -> Option<&std::path::Path> {
         self.cgroup2.as_deref()
+    }
+
+    /// The id and path of process `pid`'s cgroup in the v1 hierarchy the
+    /// exec probes name (`cgroup::cgroup1`).
+    pub fn cgroup1(&self, pid: u32) -> Option<(u64, String)> {
+        cgroup::cgroup1(pid, &self.cgroup1)
     }
 
     /// Whether the process exists now.

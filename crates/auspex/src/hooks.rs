@@ -103,6 +103,12 @@ mod on {
         fn cgroup_path(&self, id: u64) -> Option<String> {
             self.slowly(self.0.cgroup_path(id), true)
         }
+
+        fn cgroup1(&self, pid: u32) -> Option<(u64, String)> {
+            let read = self.0.cgroup1(pid);
+            let found = read.is_some();
+            self.slowly(read, found)
+        }
     }
 
     /// A method that runs and sees nothing: proves, end to end, that a

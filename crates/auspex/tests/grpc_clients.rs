@@ -69,9 +69,21 @@ fn health_and_reflection_answer_grpcio() {
     let agent = Agent::start(&["--grpc-listen", "127.0.0.1:0"]);
     let target = grpc_target(&agent);
     assert_eq!(agent.http_get("/ready").0, 200);
+    // Readiness is copied into the health service every quarter of a
+    // second: /ready may have turned 200 just before the copy.
     for service in ["", "auspex.v1.Events"] {
-        let answer = client(&py, &[&target, "health", service]);
-        assert_eq!(answer, json!({"status": "SERVING"}), "{service:?}");
+        let start = std::time::Instant::now();
+        loop {
+            let answer = client(&py, &[&target, "health", service]);
+            if answer == json!({"status": "SERVING"}) {
+                break;
+            }
+            assert!(
+                start.elapsed() < common::deadline(),
+                "{service:?}: still {answer} after /ready said 200"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     let answer = client(&py, &[&target, "health", "no.such.Service"]);
     assert_eq!(answer["code"], "NOT_FOUND", "{answer}");

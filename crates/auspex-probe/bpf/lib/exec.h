@@ -88,14 +88,11 @@ static __always_inline __u32 read_args(struct task_struct *task, __u8 *buf, __u3
 	return len;
 }
 
-/* Fills an exec record's body (path, then arguments) from `task`, which
- * has just exec'd `file`; returns the record's size. */
 /*
- * The kernfs id of `task`'s cgroup in the hierarchy of its memory
- * controller (else its pids controller): see `cgroup1_id` in events.h.
- * Where that controller is on cgroup v2 this is a v2 cgroup's id (of the
- * task's cgroup or an ancestor), which userspace does not need: it keys
- * containers by the v2 id there. The controllers' numbers depend on the
+ * The kernfs id of `task`'s cgroup in the cgroup v1 hierarchy of its memory
+ * controller (else its pids controller): see `cgroup1_id` in events.h. 0
+ * where that controller is on cgroup v2 (userspace keys containers by the
+ * v2 id there) or disabled. The controllers' numbers depend on the
  * kernel's configuration: CO-RE enum relocations, constants at load.
  */
 static __always_inline __u64 cgroup1_id(struct task_struct *task)
@@ -115,9 +112,17 @@ static __always_inline __u64 cgroup1_id(struct task_struct *task)
 
 	if (!cset || bpf_probe_read_kernel(&css, sizeof(css), slot) || !css)
 		return 0;
-	return BPF_CORE_READ(css, cgroup, kn, id);
+	struct cgroup *cgrp = BPF_CORE_READ(css, cgroup);
+
+	/* The controller on cgroup v2 (or disabled, bound to v2's root): no
+	 * v1 hierarchy names the task's cgroup. */
+	if (!cgrp || BPF_CORE_READ(cgrp, root) == BPF_CORE_READ(cset, dfl_cgrp, root))
+		return 0;
+	return BPF_CORE_READ(cgrp, kn, id);
 }
 
+/* Fills an exec record's body (path, then arguments) from `task`, which
+ * has just exec'd `file`; returns the record's size. */
 static __always_inline __u32 fill_exec(struct exec_event *e, struct task_struct *task,
 				       struct file *file, __u32 argc)
 {

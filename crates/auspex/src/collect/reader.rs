@@ -34,6 +34,12 @@ const QUEUE_CAPACITY: usize = 16384;
 /// Events the run loop takes per poll at most before it looks at its timers.
 const BATCH: usize = 4096;
 
+/// Events of one poll handed over at most together: a poll that reads a
+/// full ring buffer (tens of thousands of records) is handed over as it is
+/// read, so that a pipeline on another CPU takes them in meanwhile rather
+/// than the queue's limit cutting the poll short.
+const CHUNK_MAX: usize = 1024;
+
 /// How often the collector's drop counters are read (a BPF method reads
 /// per-CPU maps for them).
 const DROPS_INTERVAL: Duration = Duration::from_secs(1);
@@ -323,8 +329,13 @@ impl Reader {
             } => {
                 stop.store(true, Ordering::Relaxed);
                 rest.for_each(&mut on_event);
-                // Ends when the thread has drained the collector and gone.
-                events.iter().flatten().for_each(&mut on_event);
+                // Ends when the thread has drained the collector and gone;
+                // each chunk taken off the count, for the final drain's.
+                let queued = &self.shared.queued;
+                for chunk in events.iter() {
+                    queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    chunk.into_iter().for_each(&mut on_event);
+                }
                 if let Some(thread) = thread {
                     joined(thread)?;
                 }
@@ -360,15 +371,8 @@ fn read(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut chunk = Vec::new();
-    let push = |chunk: &mut Vec<Event>, event| {
-        let queued = shared.queued.load(Ordering::Relaxed) as usize;
-        if queued + chunk.len() >= QUEUE_CAPACITY {
-            shared.queue_full.fetch_add(1, Ordering::Relaxed);
-        } else {
-            chunk.push(event);
-        }
-    };
-    // A poll's events, handed over together.
+    // A poll's events, handed over together (or by CHUNK_MAX, so that a
+    // poll that brings a whole kernel buffer is taken in as it is read).
     let send = |chunk: &mut Vec<Event>| {
         if !chunk.is_empty() {
             shared
@@ -377,6 +381,17 @@ fn read(
             // Fails only once the run loop has gone: nobody to hand it to.
             let _ = queue.send(std::mem::take(chunk));
             shared.sent.ring();
+        }
+    };
+    let push = |chunk: &mut Vec<Event>, event| {
+        let queued = shared.queued.load(Ordering::Relaxed) as usize;
+        if queued + chunk.len() >= QUEUE_CAPACITY {
+            shared.queue_full.fetch_add(1, Ordering::Relaxed);
+        } else {
+            chunk.push(event);
+            if chunk.len() >= CHUNK_MAX {
+                send(chunk);
+            }
         }
     };
     let mut next_drops = Instant::now() + DROPS_INTERVAL;
