@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
+use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -189,4 +190,17 @@ pub fn kernel_drops(summary: &str) -> u64 {
     .iter()
     .filter_map(|c| cause(summary, c))
     .sum()
+}
+
+/// Pins every thread of `pid` to `cpu` (threads inherit it from the one
+/// that creates them; the agent's exist once it is ready).
+pub fn pin_threads(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
+        sched_setaffinity(Pid::from_raw(tid), &set)
+            .with_context(|| format!("pinning the agent's thread {tid} to CPU {cpu}"))?;
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
-use crate::agent::{dropped, Agent};
+use crate::agent::{dropped, pin_threads, Agent};
 use crate::workload::{self, Mode};
 use crate::{agents, labelled, median};
 
@@ -86,19 +86,6 @@ fn events_reported(port: u16) -> anyhow::Result<u64> {
         bail!("no auspex_events_total in the agent's /metrics: {text}");
     }
     Ok(total)
-}
-
-/// Pins every thread of `pid` to `cpu` (threads inherit it from the one
-/// that creates them; the agent's exist once it is ready).
-fn pin_threads(pid: u32, cpu: usize) -> anyhow::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
-        sched_setaffinity(Pid::from_raw(tid), &set)
-            .with_context(|| format!("pinning the agent's thread {tid} to CPU {cpu}"))?;
-    }
-    Ok(())
 }
 
 /// Events per 300 ms below which the agent counts as caught up: what the

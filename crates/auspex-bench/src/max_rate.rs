@@ -39,7 +39,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::agent::{cause, dropped, Agent};
+use crate::agent::{cause, dropped, pin_threads, Agent};
 
 /// Events the agent's queue from its reader to its pipeline holds (past
 /// that they are lost as `enrich_queue_full`; docs/events.md).
@@ -265,18 +265,6 @@ fn pin_self(cpu: usize) -> anyhow::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu)?;
     sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))
-}
-
-/// Pins every thread of `pid` to `cpu`.
-fn pin_threads(pid: u32, cpu: usize) -> anyhow::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
-        sched_setaffinity(Pid::from_raw(tid), &set)
-            .with_context(|| format!("pinning the agent's thread {tid} to CPU {cpu}"))?;
-    }
-    Ok(())
 }
 
 /// The agent under test, pinned to CPU 1, with /metrics on a free port and
