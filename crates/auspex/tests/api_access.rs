@@ -54,7 +54,7 @@ async fn health(channel: tonic::transport::Channel) -> Result<i32, String> {
 }
 
 /// The health status over the socket once it is SERVING (readiness is
-/// copied to the health service within a quarter of a second), or the last
+/// copied to the health service within 50 ms), or the last
 /// one seen at the deadline.
 async fn serving_within(socket: std::path::PathBuf) -> Result<i32, String> {
     let start = Instant::now();

@@ -69,8 +69,8 @@ fn health_and_reflection_answer_grpcio() {
     let agent = Agent::start(&["--grpc-listen", "127.0.0.1:0"]);
     let target = grpc_target(&agent);
     assert_eq!(agent.http_get("/ready").0, 200);
-    // Readiness is copied into the health service every quarter of a
-    // second: /ready may have turned 200 just before the copy.
+    // Readiness is copied into the health service every 50 ms: /ready
+    // may have turned 200 just before the copy.
     for service in ["", "auspex.v1.Events"] {
         let start = std::time::Instant::now();
         loop {
@@ -116,7 +116,7 @@ fn health_is_not_serving_when_ready_is_not() {
     );
     let target = grpc_target(&agent);
     agent.wait_until("a heartbeat has missed", |a| a.http_get("/ready").0 == 503);
-    // Copied every quarter of a second: polled until then, within the
+    // Copied every 50 ms: polled until then, within the
     // (scaled) deadline.
     let start = std::time::Instant::now();
     loop {

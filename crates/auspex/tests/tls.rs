@@ -146,7 +146,16 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
             ],
         )
     };
-    assert_eq!(with("client"), json!({"status": "SERVING"}));
+    // Readiness reaches the health service within 50 ms of /ready.
+    let start = std::time::Instant::now();
+    while with("client") != json!({"status": "SERVING"}) {
+        assert!(
+            start.elapsed() < common::deadline(),
+            "health is not SERVING while /ready is {}",
+            agent.http_get("/ready").0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let answer = client(
         &py,
         &[
