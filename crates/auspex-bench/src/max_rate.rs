@@ -695,7 +695,7 @@ pub fn max_rate(binary: &Path, args: &MaxRateArgs) -> anyhow::Result<String> {
          Exact drop counting beyond the buffer: the default buffer, the agent stopped while \
          more connections are made than it holds, events written to a file. The workload's \
          events are those with its listener's port at either end or owned by the bench's \
-         process (core_bpf reports a reset connection's close with local port 0); the \
+         process (a reset connection's close once had local port 0 with core_bpf); the \
          identity is exact when the last column is 0 (the machine made no TCP connection of \
          its own meanwhile, which the full buffer would have dropped too):\n\n{exact_table}",
         args.seconds,
