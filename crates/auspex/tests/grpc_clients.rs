@@ -72,18 +72,9 @@ fn health_and_reflection_answer_grpcio() {
     // Readiness is copied into the health service every 50 ms: /ready
     // may have turned 200 just before the copy.
     for service in ["", "auspex.v1.Events"] {
-        let start = std::time::Instant::now();
-        loop {
-            let answer = client(&py, &[&target, "health", service]);
-            if answer == json!({"status": "SERVING"}) {
-                break;
-            }
-            assert!(
-                start.elapsed() < common::deadline(),
-                "{service:?}: still {answer} after /ready said 200"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        agent.wait_until(&format!("health of {service:?} says SERVING"), |_| {
+            client(&py, &[&target, "health", service]) == json!({"status": "SERVING"})
+        });
     }
     let answer = client(&py, &[&target, "health", "no.such.Service"]);
     assert_eq!(answer["code"], "NOT_FOUND", "{answer}");

@@ -106,16 +106,23 @@ fn path(dir: &Path, file: &str) -> String {
 /// An agent serving gRPC over mutual TLS with `d`'s server.crt and
 /// server.key, trusting clients of ca.crt.
 fn mtls_agent(d: &Path) -> Agent {
-    Agent::start(&[
+    tls_agent(d, &["--grpc-tls-client-ca", &path(d, "ca.crt")])
+}
+
+/// An agent serving gRPC over TLS with `d`'s server.crt and server.key,
+/// with `extra` arguments.
+fn tls_agent(d: &Path, extra: &[&str]) -> Agent {
+    let (cert, key) = (path(d, "server.crt"), path(d, "server.key"));
+    let mut args = vec![
         "--grpc-listen",
         "127.0.0.1:0",
         "--grpc-tls-cert",
-        &path(d, "server.crt"),
+        &cert,
         "--grpc-tls-key",
-        &path(d, "server.key"),
-        "--grpc-tls-client-ca",
-        &path(d, "ca.crt"),
-    ])
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
 }
 
 #[test]
@@ -147,15 +154,9 @@ fn grpc_over_mutual_tls_refuses_clients_without_a_certificate() {
         )
     };
     // Readiness reaches the health service within 50 ms of /ready.
-    let start = std::time::Instant::now();
-    while with("client") != json!({"status": "SERVING"}) {
-        assert!(
-            start.elapsed() < common::deadline(),
-            "health is not SERVING while /ready is {}",
-            agent.http_get("/ready").0
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    agent.wait_until("health says SERVING to a client with a certificate", |_| {
+        with("client") == json!({"status": "SERVING"})
+    });
     let answer = client(
         &py,
         &[
@@ -366,18 +367,15 @@ fn silent_tls_clients_evicted_mid_handshake_close_at_once_counted_once() {
     leaf(d, "server", "ca", true);
     // A header (and handshake) timeout far beyond this test's waits: only
     // eviction can close the silent clients in time.
-    let agent = Agent::start(&[
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--grpc-tls-cert",
-        &path(d, "server.crt"),
-        "--grpc-tls-key",
-        &path(d, "server.key"),
-        "--api-max-connections",
-        &MAX.to_string(),
-        "--api-header-timeout",
-        "600",
-    ]);
+    let agent = tls_agent(
+        d,
+        &[
+            "--api-max-connections",
+            &MAX.to_string(),
+            "--api-header-timeout",
+            "600",
+        ],
+    );
     let target: std::net::SocketAddr = agent
         .logged_after("gRPC event stream on https://")
         .parse()
